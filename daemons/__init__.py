@@ -1,0 +1,1 @@
+"""mallee: an EC2-compatible IaaS cloud for the machines a site already has."""

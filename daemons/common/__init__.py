@@ -1,0 +1,1 @@
+"""What every mallee daemon shares: config, logging, errors, internal RPC, TLS."""

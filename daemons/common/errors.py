@@ -1,0 +1,93 @@
+"""Errors as types: each carries the code callers see and the HTTP status.
+
+Domain code raises these; one handler per daemon (``rpc.init_app``) renders them as
+``{"error": {"code", "message", "request_id"}}``. Clients turn such bodies back into
+``RemoteError`` carrying the same code, so a CC can relay an NC's error unchanged.
+"""
+
+
+class MalleeError(Exception):
+    code = "InternalError"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class MalformedRequest(MalleeError):
+    """The body is not JSON, or not the JSON the operation takes."""
+
+    code = "MalformedRequest"
+    status = 400
+
+
+class InvalidParameter(MalleeError):
+    """Well-formed, but a value cannot be honoured (e.g. a disk too small for its image)."""
+
+    code = "InvalidParameterValue"
+    status = 400
+
+
+class ClientCertificateRequired(MalleeError):
+    code = "ClientCertificateRequired"
+    status = 401
+
+
+class PeerNotAllowed(MalleeError):
+    """A valid certificate of the cloud, but of a component this daemon does not serve."""
+
+    code = "PeerNotAllowed"
+    status = 403
+
+
+class NotFound(MalleeError):
+    code = "NotFound"
+    status = 404
+
+
+class InstanceNotFound(NotFound):
+    code = "InvalidInstanceID.NotFound"
+
+
+class NetworkNotFound(NotFound):
+    code = "InvalidNetwork.NotFound"
+
+
+class InstanceAlreadyExists(MalleeError):
+    code = "InvalidInstanceID.Duplicate"
+    status = 409
+
+
+class InsufficientResources(MalleeError):
+    code = "InsufficientInstanceCapacity"
+    status = 409
+
+
+class NetworkNotStarted(MalleeError):
+    code = "NetworkNotStarted"
+    status = 409
+
+
+class ImageFetchFailed(MalleeError):
+    """The image URL could not be downloaded (HTTP error, refused, timeout)."""
+
+    code = "ImageFetchFailed"
+    status = 422
+
+
+class ImageDigestMismatch(MalleeError):
+    code = "ImageDigestMismatch"
+    status = 422
+
+
+class ImageTooLarge(MalleeError):
+    code = "ImageTooLarge"
+    status = 422
+
+
+class HypervisorError(MalleeError):
+    """libvirt refused or failed an operation; the message carries libvirt's words."""
+
+    code = "HypervisorError"
+    status = 502

@@ -1,0 +1,193 @@
+"""The internal RPC convention: JSON over HTTP(S), errors as ``{"error": {...}}``.
+
+Server side, ``init_app`` gives a daemon's Flask app request ids, the client-certificate
+check and the one error renderer. Client side, ``RpcClient`` adds timeouts, retries that
+are safe to repeat, the caller's request id, and turns error bodies back into types.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+from werkzeug.exceptions import HTTPException
+
+from mallee.common import log, tls
+from mallee.common.errors import (
+    ClientCertificateRequired,
+    MalformedRequest,
+    MalleeError,
+    PeerNotAllowed,
+)
+from mallee.common.openapi import OpenApiSpec
+
+logger = logging.getLogger(__name__)
+
+
+def init_app(
+    app: flask.Flask, spec: OpenApiSpec, tls_enabled: bool, allowed_clients: Iterable[str]
+) -> None:
+    allowed = frozenset(allowed_clients)
+    app.extensions["mallee.openapi"] = spec
+
+    @app.before_request
+    def start_request() -> None:
+        request_id = flask.request.headers.get(log.REQUEST_ID_HEADER) or log.new_request_id()
+        flask.g.request_id = request_id
+        flask.g.request_id_token = log.current_request_id.set(request_id)
+        if tls_enabled:
+            role = tls.peer_role(flask.request.environ)
+            if role is None:
+                raise ClientCertificateRequired("a client certificate of the cloud is required")
+            if role not in allowed:
+                raise PeerNotAllowed(
+                    f"callers of role {role!r} are not served here (allowed: {sorted(allowed)})"
+                )
+
+    @app.after_request
+    def add_request_id(response: flask.Response) -> flask.Response:
+        response.headers[log.REQUEST_ID_HEADER] = flask.g.get("request_id", "-")
+        logger.info("%s %s -> %s", flask.request.method, flask.request.path, response.status_code)
+        return response
+
+    @app.teardown_request
+    def end_request(_exc: BaseException | None) -> None:
+        token = flask.g.pop("request_id_token", None)
+        if token is not None:
+            log.current_request_id.reset(token)
+
+    @app.errorhandler(MalleeError)
+    def render_error(error: MalleeError) -> tuple[flask.Response, int]:
+        return _error_body(error.code, error.message), error.status
+
+    @app.errorhandler(HTTPException)
+    def render_http_error(error: HTTPException) -> tuple[flask.Response, int]:
+        status = error.code or 500
+        return _error_body(type(error).__name__, error.description or ""), status
+
+    @app.errorhandler(Exception)
+    def render_unexpected(error: Exception) -> tuple[flask.Response, int]:
+        logger.exception("unhandled error")
+        return _error_body("InternalError", f"{type(error).__name__}: {error}"), 500
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/openapi.json")
+    def openapi_document() -> dict[str, Any]:
+        return spec.document
+
+
+def _error_body(code: str, message: str) -> flask.Response:
+    return flask.jsonify(
+        {"error": {"code": code, "message": message, "request_id": flask.g.get("request_id")}}
+    )
+
+
+def json_body(schema: str) -> dict[str, Any]:
+    """The request's JSON object, validated against the daemon's OpenAPI ``schema``."""
+    data = flask.request.get_json(silent=True)
+    if data is None:
+        raise MalformedRequest("the body is not valid JSON (Content-Type: application/json)")
+    spec: OpenApiSpec = flask.current_app.extensions["mallee.openapi"]
+    spec.validate(schema, data)
+    assert isinstance(data, dict)
+    return data
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    ca_cert: str
+    cert: str
+    key: str
+
+
+class RemoteError(MalleeError):
+    """An error another daemon answered, with its code and status kept."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class Unreachable(MalleeError):
+    """No answer: refused, timed out, or TLS failed."""
+
+    code = "Unreachable"
+    status = 502
+
+
+class RpcClient:
+    """A client of one daemon's internal API."""
+
+    # Retried on connection errors always (nothing was sent), on read errors and 502-504
+    # only for methods that are safe to repeat.
+    IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+    def __init__(
+        self,
+        base_url: str,
+        tls_files: ClientTLS | None = None,
+        timeout: tuple[float, float] = (3.05, 30.0),
+        retries: int = 3,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            status_forcelist=(502, 503, 504),
+            allowed_methods=self.IDEMPOTENT,
+            backoff_factor=0.2,
+            raise_on_status=False,
+        )
+        self.session.mount(self.base_url, HTTPAdapter(max_retries=retry, pool_maxsize=32))
+        # Internal calls go straight to the peer and trust only the cloud CA: no proxy
+        # or CA bundle from the environment (REQUESTS_CA_BUNDLE would replace ours).
+        self.session.trust_env = False
+        if tls_files is not None:
+            self.session.verify = tls_files.ca_cert
+            self.session.cert = (tls_files.cert, tls_files.key)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> Any:
+        request_id = log.current_request_id.get()
+        if request_id == "-":
+            request_id = log.new_request_id()
+        try:
+            response = self.session.request(
+                method,
+                self.base_url + path,
+                json=body,
+                params=params,
+                timeout=timeout or self.timeout,
+                headers={log.REQUEST_ID_HEADER: request_id},
+            )
+        except requests.RequestException as e:
+            raise Unreachable(f"{method} {self.base_url}{path}: {e}") from e
+        if response.ok:
+            return response.json()
+        try:
+            error = response.json()["error"]
+            raise RemoteError(response.status_code, error["code"], error["message"])
+        except (ValueError, KeyError, TypeError):
+            raise RemoteError(
+                response.status_code, "HttpError", response.text[:500] or response.reason
+            ) from None

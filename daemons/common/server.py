@@ -1,0 +1,67 @@
+"""Serve a daemon's Flask app with gunicorn (never Flask's development server).
+
+One worker process with threads: a daemon keeps its state in the process (the NC's
+instance table, image downloads under way, the monitor thread), so a second worker would
+be a second, disagreeing daemon.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import flask
+from gunicorn.app.base import BaseApplication
+
+from mallee.common import log
+from mallee.common.config import CommonConfig
+
+
+def gunicorn_options(
+    common: CommonConfig, listen: str, port: int, threads: int, cert: str, key: str
+) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bind": f"{listen}:{port}",
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": threads,
+        # Long requests (an image download inside runInstance) are normal; gthread's
+        # timeout only watches the worker's heartbeat.
+        "timeout": 120,
+        "graceful_timeout": 10,
+        # gunicorn's control socket is one path per user; several daemons share a host.
+        "control_socket_disable": True,
+        "loglevel": common.log_level.lower(),
+        "accesslog": "-",
+        "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms [%({x-mallee-request-id}o)s]',
+    }
+    if common.tls:
+        options |= {
+            "certfile": cert,
+            "keyfile": key,
+            "ca_certs": common.ca_cert,
+            "cert_reqs": ssl.CERT_OPTIONAL,
+        }
+    return options
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, factory: Callable[[], flask.Flask], options: dict[str, Any]) -> None:
+        self._factory = factory
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> flask.Flask:
+        return self._factory()
+
+
+def serve(
+    factory: Callable[[], flask.Flask], common: CommonConfig, options: dict[str, Any]
+) -> None:
+    log.setup(common.log_level)
+    _Gunicorn(factory, options).run()

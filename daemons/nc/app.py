@@ -1,0 +1,32 @@
+"""The NC's app factory: config, then plumbing, then routes, then the monitor."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flask
+
+from mallee.common import config, log, rpc
+from mallee.common.openapi import OpenApiSpec
+from mallee.nc import api
+from mallee.nc.monitor import Monitor
+from mallee.nc.service import NodeController
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flask.Flask:
+    """``overrides`` maps sections to keys, as in the config file: ``{"nc": {...}}``."""
+    common, nc_config = config.load("nc", overrides)
+    log.setup(common.log_level)
+    app = flask.Flask(__name__)
+    nc = NodeController(nc_config)
+    app.extensions["mallee.nc"] = nc
+    rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, nc_config.allowed_clients)
+    app.register_blueprint(api.bp)
+    monitor = Monitor(nc, nc_config.monitor_interval_s)
+    monitor.start()
+    app.extensions["mallee.nc.monitor"] = monitor
+    return app

@@ -1,0 +1,91 @@
+"""An instance's disks: a copy-on-write overlay of the cached root, plus ephemeral and swap.
+
+The instance type's disk is split the way Eucalyptus split it: the root image keeps its own
+size, swap takes ``swap_mb``, and the ephemeral disk (ext4, as EC2 delivers it) gets the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mallee.common.errors import InvalidParameter
+from mallee.nc.domain import DiskSpec
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    root_bytes: int
+    ephemeral_bytes: int
+    swap_bytes: int
+
+
+def _run(*argv: str) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def virtual_size(path: Path, fmt: str) -> int:
+    info = json.loads(_run("qemu-img", "info", "--output=json", "-f", fmt, str(path)))
+    return int(info["virtual-size"])
+
+
+def layout(disk_gb: int, root_bytes: int, swap_mb: int) -> DiskLayout:
+    swap = swap_mb * MiB
+    ephemeral = disk_gb * GiB - root_bytes - swap
+    if ephemeral < 0:
+        raise InvalidParameter(
+            f"instance type disk of {disk_gb} GiB cannot hold the root image "
+            f"({root_bytes // MiB} MiB) and swap ({swap_mb} MiB)"
+        )
+    return DiskLayout(root_bytes, ephemeral, swap)
+
+
+def create(
+    directory: Path, root_image: Path, root_format: str, disk_gb: int, swap_mb: int
+) -> tuple[DiskSpec, ...]:
+    """Make root, ephemeral and swap disks in ``directory``; they appear as vda, vdb, vdc."""
+    sizes = layout(disk_gb, virtual_size(root_image, root_format), swap_mb)
+    root = directory / "root.qcow2"
+    _run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        root_format,
+        "-b",
+        str(root_image),
+        str(root),
+    )
+    disks = [DiskSpec(str(root), "qcow2")]
+    if sizes.ephemeral_bytes >= MiB:
+        ephemeral = directory / "ephemeral.img"
+        with ephemeral.open("wb") as f:
+            f.truncate(sizes.ephemeral_bytes)
+        _run(
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "ephemeral0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+            str(ephemeral),
+        )
+        disks.append(DiskSpec(str(ephemeral), "raw"))
+    if sizes.swap_bytes:
+        swap = directory / "swap.img"
+        with swap.open("wb") as f:
+            f.truncate(sizes.swap_bytes)
+        _run("mkswap", "-L", "swap", str(swap))
+        disks.append(DiskSpec(str(swap), "raw"))
+    return tuple(disks)

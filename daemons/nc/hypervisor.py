@@ -1,0 +1,145 @@
+"""Every libvirt call the NC makes, and the choice of hypervisor.
+
+Domains are transient (``createXML``): when a guest powers off its domain is gone, and the
+NC, not libvirt, holds the instance's definition. Each domain carries the NC's metadata
+element naming its node, so an NC only ever touches its own domains, even when several
+NCs (tests, benchmarks) share one libvirtd or the host runs the site's own VMs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from xml.etree import ElementTree
+
+import libvirt
+
+from mallee.common.errors import HypervisorError
+from mallee.nc.domain import METADATA_NS, VIRT_TYPES
+
+logger = logging.getLogger(__name__)
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+
+ACTIVE_STATES = frozenset(
+    {
+        libvirt.VIR_DOMAIN_RUNNING,
+        libvirt.VIR_DOMAIN_BLOCKED,
+        libvirt.VIR_DOMAIN_PAUSED,
+        libvirt.VIR_DOMAIN_PMSUSPENDED,
+    }
+)
+
+
+def nested_virtualisation(cpuinfo: str) -> bool:
+    """True when this host is itself a guest (the CPU's ``hypervisor`` flag)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags") and " hypervisor" in f" {line.split(':', 1)[-1]}":
+            return True
+    return False
+
+
+def detect_virt_type(
+    uri: str,
+    kvm_usable: Callable[[], bool] = lambda: os.access("/dev/kvm", os.R_OK | os.W_OK),
+    cpuinfo: Callable[[], str] = lambda: Path("/proc/cpuinfo").read_text(),
+) -> str:
+    """The domain type for ``hypervisor = "auto"``.
+
+    KVM only on bare metal: nested KVM may accept a VM and then hang its guest at boot
+    (measured on the build machines), so a host that is itself a guest uses TCG unless
+    the admin sets ``hypervisor = "kvm"``.
+    """
+    if uri.startswith(("xen:", "libxl:")):
+        return "xen"
+    if kvm_usable() and not nested_virtualisation(cpuinfo()):
+        return "kvm"
+    return "qemu"
+
+
+def choose_virt_type(configured: str, uri: str) -> str:
+    if configured == "auto":
+        return detect_virt_type(uri)
+    if configured not in VIRT_TYPES:
+        raise ValueError(f"hypervisor = {configured!r}: choose auto or one of {VIRT_TYPES}")
+    return configured
+
+
+class Hypervisor:
+    def __init__(self, uri: str, node: str) -> None:
+        self.uri = uri
+        self.node = node
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as e:
+                    raise HypervisorError(f"cannot connect to {self.uri}: {e}") from e
+            return self._conn
+
+    def _own(self, dom: libvirt.virDomain) -> bool:
+        try:
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+        except libvirt.libvirtError:
+            return False
+        return ElementTree.fromstring(xml).get("node") == self.node
+
+    def _lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            dom = self._connection().lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise HypervisorError(f"looking up {name}: {e}") from e
+        return dom if self._own(dom) else None
+
+    def start(self, xml: str) -> None:
+        try:
+            self._connection().createXML(xml, 0)
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"libvirt refused the domain: {e}") from e
+
+    def destroy(self, name: str) -> None:
+        """Stop ``name`` at once; nothing to do when it is already gone."""
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() not in (
+                libvirt.VIR_ERR_NO_DOMAIN,
+                libvirt.VIR_ERR_OPERATION_INVALID,
+            ):
+                raise HypervisorError(f"destroying {name}: {e}") from e
+
+    def reset(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise HypervisorError(f"domain {name} is not running")
+        try:
+            dom.reset()
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"resetting {name}: {e}") from e
+
+    def active_domains(self) -> set[str]:
+        """Names of this node's domains that are running (or paused)."""
+        try:
+            domains = self._connection().listAllDomains()
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"listing domains: {e}") from e
+        active = set()
+        for dom in domains:
+            try:
+                if dom.state()[0] in ACTIVE_STATES and self._own(dom):
+                    active.add(dom.name())
+            except libvirt.libvirtError:
+                continue  # vanished while we looked
+        return active

@@ -1,0 +1,126 @@
+"""The NC's instance record and its states: plain data, no HTTP, no libvirt."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+class NcState(enum.StrEnum):
+    """The NC's own states; finer than EC2's."""
+
+    STAGING = "staging"  # admitted: images being fetched, disks made, domain defined
+    RUNNING = "running"
+    TEARDOWN = "teardown"  # domain being destroyed, disks removed
+    TERMINATED = "terminated"
+
+
+# The one mapping from NC states to EC2's (name, code).
+EC2_STATE: dict[NcState, tuple[str, int]] = {
+    NcState.STAGING: ("pending", 0),
+    NcState.RUNNING: ("running", 16),
+    NcState.TEARDOWN: ("shutting-down", 32),
+    NcState.TERMINATED: ("terminated", 48),
+}
+
+LIVE_STATES = frozenset({NcState.STAGING, NcState.RUNNING, NcState.TEARDOWN})
+
+
+@dataclass(frozen=True)
+class VmType:
+    """What one instance may use: the seed's cores, memory and disk."""
+
+    name: str
+    cores: int
+    memory_mb: int
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    id: str
+    url: str
+    digest: str  # "sha256:<hex>"
+    format: str = "raw"
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.removeprefix("sha256:")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Where the instance's NICs go: public onto the node's public bridge, private onto
+    the VLAN's bridge made by startNetwork. Either may be absent."""
+
+    public_mac: str | None = None
+    private_mac: str | None = None
+    vlan: int | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    reservation_id: str
+    owner_id: str
+    vm_type: VmType
+    image: ImageRef
+    kernel: ImageRef | None = None
+    ramdisk: ImageRef | None = None
+    kernel_cmdline: str | None = None
+    net: NetConfig = field(default_factory=NetConfig)
+    state: NcState = NcState.STAGING
+    state_reason: str = ""
+    launch_time: float = field(default_factory=time.time)
+    terminated_at: float | None = None
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        return tuple(i for i in (self.image, self.kernel, self.ramdisk) if i is not None)
+
+    def with_state(self, state: NcState, reason: str = "") -> Instance:
+        terminated_at = time.time() if state is NcState.TERMINATED else self.terminated_at
+        return replace(self, state=state, state_reason=reason, terminated_at=terminated_at)
+
+    def to_record(self) -> dict[str, Any]:
+        """What is kept on disk to recover the instance after an NC restart."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Instance:
+        def image(value: dict[str, Any] | None) -> ImageRef | None:
+            return ImageRef(**value) if value else None
+
+        root = image(data["image"])
+        assert root is not None
+        return cls(
+            **{
+                **data,
+                "vm_type": VmType(**data["vm_type"]),
+                "image": root,
+                "kernel": image(data.get("kernel")),
+                "ramdisk": image(data.get("ramdisk")),
+                "net": NetConfig(**data.get("net") or {}),
+                "state": NcState(data["state"]),
+            }
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        """The describeInstances view, with both the EC2 state and the NC's own."""
+        name, code = EC2_STATE[self.state]
+        return {
+            "instance_id": self.instance_id,
+            "reservation_id": self.reservation_id,
+            "owner_id": self.owner_id,
+            "vm_type": asdict(self.vm_type),
+            "image_id": self.image.id,
+            "kernel_id": self.kernel.id if self.kernel else None,
+            "ramdisk_id": self.ramdisk.id if self.ramdisk else None,
+            "net": asdict(self.net),
+            "state": {"name": name, "code": code},
+            "nc_state": self.state.value,
+            "state_reason": self.state_reason,
+            "launch_time": self.launch_time,
+        }

@@ -1,0 +1,62 @@
+"""Per-instance folders: the record that lets an NC recover after a restart, and the disks.
+
+``<instance_dir>/<instance-id>/`` holds ``instance.json``, the disks, ``domain.xml`` (for
+the admin's eyes) and ``console.log``. The record is written before anything is made for
+the instance, and replaced atomically, so a crash at any point leaves either a record to
+act on or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from mallee.nc.model import Instance
+
+logger = logging.getLogger(__name__)
+
+RECORD = "instance.json"
+
+
+class InstanceStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)  # QEMU, as its own user, opens the disks inside
+
+    def directory(self, instance_id: str) -> Path:
+        return self.root / instance_id
+
+    def exists(self, instance_id: str) -> bool:
+        return self.directory(instance_id).exists()
+
+    def create(self, instance: Instance) -> None:
+        directory = self.directory(instance.instance_id)
+        directory.mkdir(mode=0o755)
+        self.save(instance)
+
+    def save(self, instance: Instance) -> None:
+        path = self.directory(instance.instance_id) / RECORD
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            json.dump(instance.to_record(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.rename(path)
+
+    def remove(self, instance_id: str) -> None:
+        shutil.rmtree(self.directory(instance_id), ignore_errors=True)
+
+    def load_all(self) -> tuple[list[Instance], list[str]]:
+        """Every readable record, and the names of folders without one (to clean up)."""
+        instances, strays = [], []
+        for directory in sorted(self.root.iterdir()):
+            try:
+                instances.append(Instance.from_record(json.loads((directory / RECORD).read_text())))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                logger.warning("%s has no usable record (%s)", directory, e)
+                strays.append(directory.name)
+        return instances, strays

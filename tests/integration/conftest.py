@@ -1,0 +1,71 @@
+"""Integration fixtures: a real libvirtd, real `mallee-nc` daemons under gunicorn with
+mutual TLS, and the project's tiny guest image served over HTTP.
+
+Needs root (libvirtd, bridges) on a host prepared by ``tools/prepare-host``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import daemons
+from tests.support import guest as guest_image
+from tests.support.daemons import NcDaemon, Pki
+from tests.support.guest import GuestImage
+from tests.support.http import serve_directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root (libvirtd, qemu, bridges)")
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[str]:
+    """The host's libvirtd if one answers, else one started here and stopped after."""
+    if daemons.libvirt_answers():
+        yield daemons.LIBVIRT_URI
+        return
+    pids = daemons.start_libvirtd()
+    yield daemons.LIBVIRT_URI
+    daemons.stop_pids(pids)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return daemons.make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def nc_factory(libvirtd: str, pki: Pki) -> Iterator[Callable[..., NcDaemon]]:
+    """Start NCs on demand, each in its own 0755 folder under /var/tmp."""
+    started: list[NcDaemon] = []
+
+    def start(**settings: Any) -> NcDaemon:
+        workdir = Path(tempfile.mkdtemp(prefix="mallee-it-", dir="/var/tmp"))
+        workdir.chmod(0o755)
+        daemon = NcDaemon(workdir, pki, f"it-{workdir.name[-8:]}", **settings)
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.cleanup()
+        shutil.rmtree(daemon.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def guest() -> Iterator[GuestImage]:
+    """The tiny guest, built once and served over HTTP for the whole session."""
+    directory = guest_image.build()
+    with serve_directory(directory) as server:
+        yield guest_image.published(directory, server.url)

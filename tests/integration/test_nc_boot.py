@@ -1,0 +1,75 @@
+"""A real `mallee-nc` boots the project's tiny guest under TCG through its HTTP API."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+
+from tests.support.daemons import NcDaemon
+from tests.support.guest import GuestImage, run_request, wait_for_console, wait_until
+
+
+def qemu_processes(instance_id: str) -> list[str]:
+    ps = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True)
+    return [line for line in ps.stdout.splitlines() if instance_id in line]
+
+
+def test_boot_console_and_clean_terminate(
+    nc_factory: Callable[..., NcDaemon], guest: GuestImage
+) -> None:
+    nc = nc_factory(public_bridge="user")
+    instance_id = "i-000000000000b0071"
+    body = run_request(instance_id, guest, net={"public_mac": "d0:0d:00:00:b0:01"})
+
+    instance = nc.client.call("POST", "/v1/instances", body)
+
+    assert instance["state"] == {"name": "running", "code": 16}
+    assert instance["kernel_id"] == guest.kernel["id"]
+    output = wait_for_console(nc.client, instance_id, "MALLEE-BOOT-OK")
+    assert "mallee-guest: ip " in output  # the user-mode NIC got an address by DHCP
+    [described] = nc.client.call("GET", f"/v1/instances?instance_id={instance_id}")["instances"]
+    assert described["nc_state"] == "running"
+    assert nc.domains() == {instance_id}
+    assert qemu_processes(instance_id)
+    assert nc.client.call("GET", "/v1/resource")["instances"] == 1
+
+    terminated = nc.client.call("DELETE", f"/v1/instances/{instance_id}")
+
+    assert terminated["state"] == {"name": "terminated", "code": 48}
+    assert nc.domains() == set()
+    assert nc.files() == []  # no disk, no console log, no record
+    assert not qemu_processes(instance_id)
+    assert nc.client.call("GET", "/v1/resource")["instances"] == 0
+
+
+def test_reboot_boots_again(nc_factory: Callable[..., NcDaemon], guest: GuestImage) -> None:
+    nc = nc_factory()
+    instance_id = "i-000000000000b0072"
+    nc.client.call("POST", "/v1/instances", run_request(instance_id, guest))
+    wait_for_console(nc.client, instance_id, "MALLEE-BOOT-OK")
+
+    rebooted = nc.client.call("POST", f"/v1/instances/{instance_id}/reboot")
+
+    assert rebooted["state"]["name"] == "running"
+    output = wait_for_console(nc.client, instance_id, "MALLEE-BOOT-OK", count=2)
+    assert output.count("MALLEE-BOOT-OK") >= 2
+    nc.client.call("DELETE", f"/v1/instances/{instance_id}")
+    assert nc.domains() == set() and nc.files() == []
+
+
+def test_guest_powering_off_is_cleaned_up(
+    nc_factory: Callable[..., NcDaemon], guest: GuestImage
+) -> None:
+    """A guest that stops on its own is found by the monitor and torn down."""
+    nc = nc_factory()
+    instance_id = "i-000000000000b0073"
+    nc.client.call("POST", "/v1/instances", run_request(instance_id, guest))
+    wait_for_console(nc.client, instance_id, "MALLEE-BOOT-OK")
+    subprocess.run(["virsh", "-q", "destroy", instance_id], check=True, capture_output=True)
+
+    def terminated() -> bool:
+        [i] = nc.client.call("GET", f"/v1/instances?instance_id={instance_id}")["instances"]
+        return bool(i["state"]["name"] == "terminated")
+
+    wait_until(terminated, 30, "the monitor to notice the stopped guest")
+    assert nc.files() == []

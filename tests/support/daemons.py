@@ -1,0 +1,219 @@
+"""Real mallee daemons for tests and benchmarks: a libvirtd, the cloud's PKI, and
+`mallee-nc` processes under gunicorn whose every answer is checked against the NC's
+OpenAPI document."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import requests
+from openapi_core import OpenAPI
+from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
+
+from mallee.common import tls
+from mallee.common.rpc import ClientTLS, RpcClient
+from mallee.nc.domain import METADATA_NS
+
+REPO = Path(__file__).parents[2]
+NC_OPENAPI = OpenAPI.from_file_path(str(REPO / "daemons" / "nc" / "openapi.yaml"))
+LIBVIRT_URI = "qemu:///system"
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+
+
+def libvirt_answers(uri: str = LIBVIRT_URI) -> bool:
+    try:
+        libvirt.open(uri).close()
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def start_libvirtd() -> list[int]:
+    """Start virtlogd and libvirtd (no systemd on these machines); return their pids."""
+    for tool in ("virtlogd", "libvirtd", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is missing: run tools/prepare-host")
+    Path("/var/log/libvirt").mkdir(parents=True, exist_ok=True)
+    pids = []
+    for daemon in ("virtlogd", "libvirtd"):
+        pidfile = Path(f"/run/mallee-test-{daemon}.pid")
+        subprocess.run([daemon, "-d", "-p", str(pidfile)], check=True)
+        deadline = time.monotonic() + 10
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids.append(int(pidfile.read_text()))
+    deadline = time.monotonic() + 30
+    while not libvirt_answers():
+        if time.monotonic() > deadline:
+            log = Path("/var/log/libvirt/libvirtd.log")
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"libvirtd did not answer in 30 s (tools/prepare-host?)\n{tail}")
+        time.sleep(0.2)
+    return pids
+
+
+def stop_pids(pids: list[int]) -> None:
+    for pid in reversed(pids):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    nc: tuple[Path, Path]  # the NC's server certificate and key
+    cc: ClientTLS  # the CC: the only role an NC serves
+    other_nc: ClientTLS  # a valid certificate of this cloud, of a role the NC refuses
+    foreign: ClientTLS  # a "cc" certificate from another CA
+
+
+def make_pki(d: Path) -> Pki:
+    tls.create_ca(d)
+    nc = tls.issue(d, d, "nc-test", "nc", ["localhost", "127.0.0.1"])
+    cc = tls.issue(d, d, "cc-test", "cc", ["localhost"])
+    other = tls.issue(d, d, "nc-other", "nc", ["localhost"])
+    tls.create_ca(d / "foreign")
+    foreign = tls.issue(d / "foreign", d / "foreign", "cc-rogue", "cc", ["localhost"])
+    ca = str(d / "ca.pem")
+    return Pki(
+        d / "ca.pem",
+        nc,
+        ClientTLS(ca, str(cc[0]), str(cc[1])),
+        ClientTLS(ca, str(other[0]), str(other[1])),
+        ClientTLS(ca, str(foreign[0]), str(foreign[1])),
+    )
+
+
+def checked_client(url: str, tls_files: ClientTLS | None, **kwargs: Any) -> RpcClient:
+    """An RpcClient whose every answer must match the NC's OpenAPI document."""
+    client = RpcClient(url, tls_files, **kwargs)
+
+    def validate(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        NC_OPENAPI.validate_response(
+            RequestsOpenAPIRequest(response.request), RequestsOpenAPIResponse(response)
+        )
+
+    client.session.hooks["response"].append(validate)
+    return client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+class NcDaemon:
+    """One `mallee-nc` process, with its own config file, folders and node name.
+
+    ``workdir`` must be reachable by QEMU's user (0755 all the way), unlike pytest's
+    0700 temporary folders.
+    """
+
+    def __init__(self, workdir: Path, pki: Pki, name: str, **settings: Any) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.instance_dir = workdir / "instances"
+        self.log = workdir / "nc.log"
+        self.libvirt_uri = settings.get("libvirt_uri", LIBVIRT_URI)
+        nc = {
+            "listen": "127.0.0.1",
+            "port": self.port,
+            "node_name": name,
+            "libvirt_uri": self.libvirt_uri,
+            "tls_cert": str(pki.nc[0]),
+            "tls_key": str(pki.nc[1]),
+            "instance_dir": str(self.instance_dir),
+            "image_cache_dir": str(workdir / "images"),
+            "swap_mb": 64,
+            "monitor_interval_s": 1.0,
+            **settings,
+        }
+        lines = ["[common]", f"ca_cert = {_toml(str(pki.ca))}", "[nc]"]
+        lines += [f"{key} = {_toml(value)}" for key, value in nc.items()]
+        self.config = workdir / "mallee.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client = checked_client(self.url, pki.cc, timeout=(3.05, 120.0))
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mallee.nc", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.client.call("GET", "/healthz", timeout=(1, 2))
+                return
+            except Exception as e:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    output = self.log.read_text()
+                    raise RuntimeError(f"mallee-nc did not come up:\n{output}") from e
+                time.sleep(0.2)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def domains(self) -> set[str]:
+        """This node's domains as libvirt itself lists them, running or not."""
+        names = set()
+        for dom in libvirt.open(self.libvirt_uri).listAllDomains():
+            try:
+                meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+            except libvirt.libvirtError:
+                continue
+            if f"node='{self.name}'" in meta or f'node="{self.name}"' in meta:
+                names.add(dom.name())
+        return names
+
+    def files(self) -> list[str]:
+        """Everything under the instance folder, relative to it."""
+        root = self.instance_dir
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+    def cleanup(self) -> None:
+        """After a test: stop the daemon and destroy whatever domains it left."""
+        self.stop()
+        conn = libvirt.open(self.libvirt_uri)
+        for name in self.domains():
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.lookupByName(name).destroy()

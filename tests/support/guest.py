@@ -1,0 +1,107 @@
+"""The project's tiny guest ("ttylinux", built by guest/build.sh) for tests and benchmarks.
+
+Built once per content of guest/ into /var/tmp (0755, so QEMU's user can read it), or
+taken from ``$MALLEE_GUEST_DIR`` when that holds a build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mallee.common.rpc import RpcClient
+
+REPO = Path(__file__).parents[2]
+GUEST_SOURCES = REPO / "guest"
+MARKER = "MALLEE-BOOT-OK"
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in GUEST_SOURCES.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(GUEST_SOURCES)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def build() -> Path:
+    """A folder with vmlinuz, initrd.img, root.img and manifest.json."""
+    given = os.environ.get("MALLEE_GUEST_DIR")
+    if given and (Path(given) / "manifest.json").exists():
+        return Path(given)
+    out = Path(f"/var/tmp/mallee-guest-{_sources_digest()}")
+    if not (out / "manifest.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run([str(GUEST_SOURCES / "build.sh"), str(out)], check=True)
+    out.chmod(0o755)
+    return out
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """The guest's files as the NC's runInstance takes them: id, url, digest."""
+
+    directory: Path
+    image: dict[str, str]
+    kernel: dict[str, str]
+    ramdisk: dict[str, str]
+
+
+def published(directory: Path, base_url: str) -> GuestImage:
+    files = {f["name"]: f for f in json.loads((directory / "manifest.json").read_text())["files"]}
+
+    def ref(prefix: str, name: str) -> dict[str, str]:
+        digest = files[name]["digest"]
+        return {"id": f"{prefix}-{digest[7:15]}", "url": f"{base_url}/{name}", "digest": digest}
+
+    return GuestImage(
+        directory, ref("emi", "root.img"), ref("eki", "vmlinuz"), ref("eri", "initrd.img")
+    )
+
+
+def run_request(instance_id: str, guest: GuestImage, **extra: Any) -> dict[str, Any]:
+    """A runInstance body for the tiny guest: 1 core, 128 MiB, 1 GiB disk."""
+    return {
+        "instance_id": instance_id,
+        "reservation_id": "r-0123456789abcdef0",
+        "owner_id": "alice",
+        "vm_type": {"name": "t1.micro", "cores": 1, "memory_mb": 128, "disk_gb": 1},
+        "image": guest.image,
+        "kernel": guest.kernel,
+        "ramdisk": guest.ramdisk,
+        **extra,
+    }
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(0.1)
+
+
+def wait_for_console(
+    client: RpcClient, instance_id: str, text: str, count: int = 1, timeout_s: float = 120
+) -> str:
+    """Poll getConsoleOutput until ``text`` shows ``count`` times; return the output."""
+    output = ""
+
+    def seen() -> bool:
+        nonlocal output
+        output = client.call("GET", f"/v1/instances/{instance_id}/console")["output"]
+        return output.count(text) >= count
+
+    try:
+        wait_until(seen, timeout_s, f"{text!r} on the console of {instance_id}")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; the console so far:\n{output[-3000:]}") from None
+    return output
