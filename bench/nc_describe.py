@@ -51,8 +51,12 @@ def main() -> None:
                             "instance_id": f"i-{n:017x}",
                             "reservation_id": "r-0123456789abcdef0",
                             "owner_id": "bench",
-                            "vm_type": {"name": "t1.nano", "cores": 1, "memory_mb": 64,
-                                        "disk_gb": 1},
+                            "vm_type": {
+                                "name": "t1.nano",
+                                "cores": 1,
+                                "memory_mb": 64,
+                                "disk_gb": 1,
+                            },
                             "image": image,
                         },
                     )

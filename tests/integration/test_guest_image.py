@@ -1,20 +1,19 @@
 """Integration tests of the ttylinux guest image (guest/build.sh, guest/README.md).
 
 What they do:
-  * build the image with guest/build.sh (once per session, see ``guest_image``),
-  * build it again and require byte-identical files (reproducibility),
+  * build the image twice with guest/build.sh and require byte-identical files,
   * boot it with qemu-system-x86_64 under TCG (no KVM: nested KVM hangs on our machines)
     with user-mode networking whose host address is the EC2 metadata address, serve the
     metadata from a small HTTP server on 127.0.0.1:80, and read the serial console,
   * boot it with root.img attached as a virtio disk.
 
+The boot tests use the build every integration test shares (tests/support/guest.py,
+which honours $MALLEE_GUEST_DIR).
+
 Needs root (the builder makes device nodes; port 80), qemu-system-x86_64 and the
 builder's host tools; the tests are skipped, saying what is missing, otherwise.
 
 Environment:
-  MALLEE_GUEST_DIR      a directory already built by guest/build.sh: the boot tests use it
-                        instead of building (its files must match its manifest.json).
-                        The reproducibility test always builds afresh.
   MALLEE_GUEST_DEB_DIR  passed on to guest/build.sh: where downloaded .debs are kept
                         (default: one directory per test session, shared by its builds).
 """
@@ -33,9 +32,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
+
+from tests.support import guest
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "guest" / "build.sh"
@@ -91,7 +92,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_manifest(directory: Path) -> dict:
+def _check_manifest(directory: Path) -> dict[str, Any]:
     """Return the manifest of a built directory; raise AssertionError if it does not
     describe the files beside it."""
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -130,24 +131,12 @@ def deb_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def guest_image(tmp_path_factory, deb_dir) -> Path:
-    """The built image directory, built at most once per test session.
-
-    SESSION-CACHED: honours $MALLEE_GUEST_DIR when it holds a complete build (files
-    matching its manifest.json); otherwise builds into a pytest temporary directory."""
+def guest_image() -> Path:
+    """The shared build (tests/support/guest.py), checked against its manifest."""
     _require_root_and(BUILDER_TOOLS)
-    preset = os.environ.get("MALLEE_GUEST_DIR")
-    if preset:
-        d = Path(preset)
-        if all((d / f).is_file() for f in IMAGE_FILES):
-            try:
-                _check_manifest(d)
-                return d
-            except (AssertionError, KeyError, ValueError) as exc:
-                print(f"MALLEE_GUEST_DIR={preset} is not a usable build ({exc}); building afresh")
-    out = tmp_path_factory.mktemp("ttylinux")
-    _build(out, deb_dir)
-    return out
+    directory = guest.build()
+    _check_manifest(directory)
+    return directory
 
 
 # --------------------------------------------------------------------------- the VM
@@ -166,7 +155,7 @@ class GuestVM:
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         cmd = [
-            _which("qemu-system-x86_64"),
+            "qemu-system-x86_64",
             "-accel",
             "tcg",
             "-m",
@@ -207,6 +196,7 @@ class GuestVM:
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
+                assert self.proc.stdout is not None
                 out = self.proc.stdout.read().decode(errors="replace")
                 raise AssertionError(f"qemu exited with {self.proc.returncode}:\n{out}")
             try:
@@ -223,6 +213,7 @@ class GuestVM:
         self._reader.start()
 
     def _read(self) -> None:
+        assert self._sock is not None
         with self.log_path.open("wb") as log:
             while True:
                 try:
@@ -244,7 +235,7 @@ class GuestVM:
     def lines(self) -> list[str]:
         return self.console.split("\n")
 
-    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
         """Wait until a console line matches the regex ``pattern`` (anchored)."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -265,16 +256,17 @@ class GuestVM:
             time.sleep(0.2)
 
     def send(self, text: str) -> None:
+        assert self._sock is not None
         self._sock.sendall(text.encode())
 
-    def qmp(self, command: str) -> dict:
+    def qmp(self, command: str) -> dict[str, Any]:
         """Run one QMP command (e.g. system_powerdown) and return its answer."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(30)
             s.connect(str(self.qmp_path))
             f = s.makefile("rw")
             json.loads(f.readline())  # greeting
-            answer: dict = {}
+            answer: dict[str, Any] = {}
             for cmd in ("qmp_capabilities", command):
                 f.write(json.dumps({"execute": cmd}) + "\n")
                 f.flush()
@@ -389,14 +381,12 @@ METADATA_NET = [
 # ------------------------------------------------------------------------ the tests
 
 
-def test_build_is_reproducible(guest_image, tmp_path_factory, deb_dir):
-    """Two builds from the same packages give byte-identical files."""
-    if os.environ.get("MALLEE_GUEST_DIR") and guest_image == Path(os.environ["MALLEE_GUEST_DIR"]):
-        # a preset directory may come from other package versions: build twice here
-        first = tmp_path_factory.mktemp("ttylinux-a")
-        _build(first, deb_dir)
-    else:
-        first = guest_image
+def test_build_is_reproducible(tmp_path_factory, deb_dir):
+    """Two builds from the same packages give byte-identical files. (Both are made here:
+    a cached build may come from older package versions.)"""
+    _require_root_and(BUILDER_TOOLS)
+    first = tmp_path_factory.mktemp("ttylinux-a")
+    _build(first, deb_dir)
     second = tmp_path_factory.mktemp("ttylinux-b")
     _build(second, deb_dir)
     for name in IMAGE_FILES:

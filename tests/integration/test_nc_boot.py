@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.support.daemons import NcDaemon
 from tests.support.guest import GuestImage, run_request, wait_for_console, wait_until
+from tests.support.network import MetadataNetwork, metadata_network
 
 
 def qemu_processes(instance_id: str) -> list[str]:
@@ -14,10 +19,16 @@ def qemu_processes(instance_id: str) -> list[str]:
     return [line for line in ps.stdout.splitlines() if instance_id in line]
 
 
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[MetadataNetwork]:
+    with metadata_network(tmp_path, "ssh-ed25519 AAAAC3Nz mallee-test", b"#!/bin/sh\n") as net:
+        yield net
+
+
 def test_boot_console_and_clean_terminate(
-    nc_factory: Callable[..., NcDaemon], guest: GuestImage
+    nc_factory: Callable[..., NcDaemon], guest: GuestImage, network: MetadataNetwork
 ) -> None:
-    nc = nc_factory(public_bridge="user")
+    nc = nc_factory(public_bridge=network.bridge)
     instance_id = "i-000000000000b0071"
     body = run_request(instance_id, guest, net={"public_mac": "d0:0d:00:00:b0:01"})
 
@@ -26,7 +37,10 @@ def test_boot_console_and_clean_terminate(
     assert instance["state"] == {"name": "running", "code": 16}
     assert instance["kernel_id"] == guest.kernel["id"]
     output = wait_for_console(nc.client, instance_id, "MALLEE-BOOT-OK")
-    assert "mallee-guest: ip " in output  # the user-mode NIC got an address by DHCP
+    # the public NIC on the node's bridge: DHCP, then the metadata service answered
+    assert re.search(r"mallee-guest: ip eth0 169\.254\.10\.\d+", output)
+    assert "mallee-guest: metadata ssh key installed" in output
+    assert f"mallee-guest: user-data {len(network.user_data)} bytes" in output
     [described] = nc.client.call("GET", f"/v1/instances?instance_id={instance_id}")["instances"]
     assert described["nc_state"] == "running"
     assert nc.domains() == {instance_id}
