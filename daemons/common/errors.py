@@ -86,6 +86,13 @@ class ImageTooLarge(MalleeError):
     status = 422
 
 
+class LaunchFailed(MalleeError):
+    """Something unforeseen failed while starting an instance; all of it was undone."""
+
+    code = "LaunchFailed"
+    status = 500
+
+
 class HypervisorError(MalleeError):
     """libvirt refused or failed an operation; the message carries libvirt's words."""
 

@@ -53,7 +53,6 @@ def init_app(
     @app.after_request
     def add_request_id(response: flask.Response) -> flask.Response:
         response.headers[log.REQUEST_ID_HEADER] = flask.g.get("request_id", "-")
-        logger.info("%s %s -> %s", flask.request.method, flask.request.path, response.status_code)
         return response
 
     @app.teardown_request

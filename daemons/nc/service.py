@@ -18,6 +18,7 @@ from mallee.common.errors import (
     InstanceNotFound,
     InsufficientResources,
     InvalidParameter,
+    LaunchFailed,
     MalleeError,
     NetworkNotStarted,
 )
@@ -32,11 +33,6 @@ from mallee.nc.store import InstanceStore
 logger = logging.getLogger(__name__)
 
 MiB = 1 << 20
-
-
-class LaunchFailed(MalleeError):
-    code = "LaunchFailed"
-    status = 500
 
 
 class NodeController:

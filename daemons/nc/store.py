@@ -53,7 +53,7 @@ class InstanceStore:
     def load_all(self) -> tuple[list[Instance], list[str]]:
         """Every readable record, and the names of folders without one (to clean up)."""
         instances, strays = [], []
-        for directory in sorted(self.root.iterdir()):
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
             try:
                 instances.append(Instance.from_record(json.loads((directory / RECORD).read_text())))
             except (OSError, ValueError, KeyError, TypeError) as e:

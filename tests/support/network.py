@@ -86,7 +86,7 @@ def metadata_network(workdir: Path, ssh_key: str, user_data: bytes) -> Iterator[
         time.sleep(0.5)  # let both bind before a guest asks
         for process in processes:
             if process.poll() is not None:
-                raise RuntimeError(f"{process.args} exited with {process.returncode}")
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         yield MetadataNetwork(bridge, ssh_key, user_data)
     finally:
         for process in processes:
