@@ -8,6 +8,7 @@ interleaved, their order alternating, and the figure is the median of per-pair r
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -45,14 +46,15 @@ def bare_boot(template: str, nc_dir: Path, cached_root: Path, workdir: Path, n: 
     console = directory / "console.log"
     started = time.monotonic()
     subprocess.run(["virsh", "-q", "create", str(directory / "domain.xml")], check=True)
-    while not (console.exists() and guest.MARKER in console.read_text(errors="replace")):
-        if time.monotonic() - started > 120:
-            raise TimeoutError(f"{name} did not boot")
-        time.sleep(POLL_S)
-    elapsed = time.monotonic() - started
-    subprocess.run(["virsh", "-q", "destroy", name], check=True, capture_output=True)
-    subprocess.run(["rm", "-rf", str(directory)], check=True)
-    return elapsed
+    try:
+        while not (console.exists() and guest.MARKER in console.read_text(errors="replace")):
+            if time.monotonic() - started > 120:
+                raise TimeoutError(f"{name} did not boot")
+            time.sleep(POLL_S)
+        return time.monotonic() - started
+    finally:
+        subprocess.run(["virsh", "-q", "destroy", name], capture_output=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ class NcConfig:
     max_disk_gb: int = 0
     reserved_memory_mb: int = 512
     swap_mb: int = 512
-    kernel_cmdline: str = "console=ttyS0 root=/dev/vda"
+    kernel_cmdline: str = ""
     public_bridge: str = ""
     private_bridge_prefix: str = "mlvlan"
     monitor_interval_s: float = 5.0

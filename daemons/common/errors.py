@@ -29,6 +29,13 @@ class InvalidParameter(MalleeError):
     status = 400
 
 
+class IncorrectInstanceState(MalleeError):
+    """The operation does not apply to the instance in its current state."""
+
+    code = "IncorrectInstanceState"
+    status = 409
+
+
 class ClientCertificateRequired(MalleeError):
     code = "ClientCertificateRequired"
     status = 401
@@ -69,6 +76,18 @@ class NetworkNotStarted(MalleeError):
     status = 409
 
 
+class NetworkInUse(MalleeError):
+    code = "NetworkInUse"
+    status = 409
+
+
+class NetworkSetupFailed(MalleeError):
+    """The host refused a change to its network (``ip`` failed); its words are kept."""
+
+    code = "NetworkSetupFailed"
+    status = 500
+
+
 class ImageFetchFailed(MalleeError):
     """The image URL could not be downloaded (HTTP error, refused, timeout)."""
 
@@ -83,6 +102,13 @@ class ImageDigestMismatch(MalleeError):
 
 class ImageTooLarge(MalleeError):
     code = "ImageTooLarge"
+    status = 422
+
+
+class ImageRejected(MalleeError):
+    """The image is not one the NC will run (e.g. a qcow2 naming a backing file)."""
+
+    code = "ImageRejected"
     status = 422
 
 

@@ -34,9 +34,9 @@ class OpenApiSpec:
         ref = {"$ref": f"{_URN}#/components/schemas/{schema}"}
         return jsonschema.Draft202012Validator(ref, registry=self._registry)
 
-    def validate(self, schema: str, data: Any) -> None:
+    def validate(self, schema: str, data: Any, where: str = "body") -> None:
         """Raise MalformedRequest naming the first offending field of ``data``."""
         error = jsonschema.exceptions.best_match(self._validator(schema).iter_errors(data))
         if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "body"
-            raise MalformedRequest(f"{where}: {error.message}")
+            field = "/".join(str(p) for p in error.absolute_path) or where
+            raise MalformedRequest(f"{field}: {error.message}")

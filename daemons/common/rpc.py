@@ -101,6 +101,15 @@ def json_body(schema: str) -> dict[str, Any]:
     return data
 
 
+def query_list(name: str, schema: str) -> list[str]:
+    """The values of query parameter ``name``, each validated against ``schema``."""
+    spec: OpenApiSpec = flask.current_app.extensions["mallee.openapi"]
+    values = flask.request.args.getlist(name)
+    for value in values:
+        spec.validate(schema, value, where=name)
+    return values
+
+
 @dataclass(frozen=True)
 class ClientTLS:
     ca_cert: str

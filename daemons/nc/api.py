@@ -43,7 +43,7 @@ def run_instance() -> tuple[dict[str, Any], int]:
 
 @bp.get("/instances")
 def describe_instances() -> dict[str, Any]:
-    ids = flask.request.args.getlist("instance_id")
+    ids = rpc.query_list("instance_id", "InstanceId")
     return {"instances": [i.to_api() for i in _nc().describe_instances(ids)]}
 
 
@@ -75,10 +75,10 @@ def describe_networks() -> dict[str, Any]:
 @bp.post("/networks")
 def start_network() -> dict[str, Any]:
     body = rpc.json_body("StartNetworkRequest")
-    return _nc().networks.start(body["vlan"])
+    return _nc().start_network(body["vlan"])
 
 
 @bp.delete("/networks/<int:vlan>")
 def stop_network(vlan: int) -> dict[str, Any]:
-    _nc().networks.stop(vlan)
+    _nc().stop_network(vlan)
     return {"vlan": vlan}

@@ -26,7 +26,5 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     app.extensions["mallee.nc"] = nc
     rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, nc_config.allowed_clients)
     app.register_blueprint(api.bp)
-    monitor = Monitor(nc, nc_config.monitor_interval_s)
-    monitor.start()
-    app.extensions["mallee.nc.monitor"] = monitor
+    Monitor(nc, nc_config.monitor_interval_s).start()
     return app

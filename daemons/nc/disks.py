@@ -10,6 +10,7 @@ import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mallee.common.errors import InvalidParameter
 from mallee.nc.domain import DiskSpec
@@ -32,9 +33,19 @@ def _run(*argv: str) -> str:
     return result.stdout
 
 
-def virtual_size(path: Path, fmt: str) -> int:
-    info = json.loads(_run("qemu-img", "info", "--output=json", "-f", fmt, str(path)))
-    return int(info["virtual-size"])
+def image_info(path: Path, fmt: str) -> dict[str, Any]:
+    """``qemu-img info`` of ``path`` read as ``fmt`` (never probed: a raw image could
+    carry a qcow2 header)."""
+    info: dict[str, Any] = json.loads(
+        _run("qemu-img", "info", "--output=json", "-f", fmt, str(path))
+    )
+    return info
+
+
+def external_files(info: dict[str, Any]) -> list[str]:
+    """Files other than itself that an image makes QEMU open (backing or data file)."""
+    data = info.get("format-specific", {}).get("data", {})
+    return [f for f in (info.get("backing-filename"), data.get("data-file")) if f]
 
 
 def layout(disk_gb: int, root_bytes: int, swap_mb: int) -> DiskLayout:
@@ -51,8 +62,9 @@ def layout(disk_gb: int, root_bytes: int, swap_mb: int) -> DiskLayout:
 def create(
     directory: Path, root_image: Path, root_format: str, disk_gb: int, swap_mb: int
 ) -> tuple[DiskSpec, ...]:
-    """Make root, ephemeral and swap disks in ``directory``; they appear as vda, vdb, vdc."""
-    sizes = layout(disk_gb, virtual_size(root_image, root_format), swap_mb)
+    """Make the root disk, and the ephemeral and swap disks where the layout gives them
+    room, in ``directory``; they appear to the guest in that order (vda, vdb, ...)."""
+    sizes = layout(disk_gb, int(image_info(root_image, root_format)["virtual-size"]), swap_mb)
     root = directory / "root.qcow2"
     _run(
         "qemu-img",

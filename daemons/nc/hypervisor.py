@@ -17,21 +17,12 @@ from xml.etree import ElementTree
 
 import libvirt
 
-from mallee.common.errors import HypervisorError
+from mallee.common.errors import HypervisorError, IncorrectInstanceState
 from mallee.nc.domain import METADATA_NS, VIRT_TYPES
 
 logger = logging.getLogger(__name__)
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
-
-ACTIVE_STATES = frozenset(
-    {
-        libvirt.VIR_DOMAIN_RUNNING,
-        libvirt.VIR_DOMAIN_BLOCKED,
-        libvirt.VIR_DOMAIN_PAUSED,
-        libvirt.VIR_DOMAIN_PMSUSPENDED,
-    }
-)
 
 
 def nested_virtualisation(cpuinfo: str) -> bool:
@@ -85,10 +76,18 @@ class Hypervisor:
             return self._conn
 
     def _own(self, dom: libvirt.virDomain) -> bool:
+        """Whether ``dom`` is this node's. Only "no such metadata" or "no such domain"
+        mean no: any other error is raised, never read as "not ours" (which would let a
+        passing libvirt fault make running guests look gone)."""
         try:
             xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
-        except libvirt.libvirtError:
-            return False
+        except libvirt.libvirtError as e:
+            if e.get_error_code() in (
+                libvirt.VIR_ERR_NO_DOMAIN_METADATA,
+                libvirt.VIR_ERR_NO_DOMAIN,
+            ):
+                return False
+            raise HypervisorError(f"reading the metadata of a domain: {e}") from e
         return ElementTree.fromstring(xml).get("node") == self.node
 
     def _lookup(self, name: str) -> libvirt.virDomain | None:
@@ -120,26 +119,28 @@ class Hypervisor:
             ):
                 raise HypervisorError(f"destroying {name}: {e}") from e
 
+    def is_active(self, name: str) -> bool:
+        dom = self._lookup(name)
+        try:
+            return dom is not None and bool(dom.isActive())
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise HypervisorError(f"asking whether {name} runs: {e}") from e
+
     def reset(self, name: str) -> None:
         dom = self._lookup(name)
         if dom is None:
-            raise HypervisorError(f"domain {name} is not running")
+            raise IncorrectInstanceState(f"instance {name} has no running domain")
         try:
             dom.reset()
         except libvirt.libvirtError as e:
             raise HypervisorError(f"resetting {name}: {e}") from e
 
     def active_domains(self) -> set[str]:
-        """Names of this node's domains that are running (or paused)."""
+        """Names of this node's active (running or paused) domains."""
         try:
-            domains = self._connection().listAllDomains()
+            domains = self._connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         except libvirt.libvirtError as e:
             raise HypervisorError(f"listing domains: {e}") from e
-        active = set()
-        for dom in domains:
-            try:
-                if dom.state()[0] in ACTIVE_STATES and self._own(dom):
-                    active.add(dom.name())
-            except libvirt.libvirtError:
-                continue  # vanished while we looked
-        return active
+        return {dom.name() for dom in domains if self._own(dom)}

@@ -11,13 +11,20 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
 import requests
 
-from mallee.common.errors import ImageDigestMismatch, ImageFetchFailed, ImageTooLarge
+from mallee.common.errors import (
+    ImageDigestMismatch,
+    ImageFetchFailed,
+    ImageRejected,
+    ImageTooLarge,
+)
+from mallee.nc import disks
 from mallee.nc.model import ImageRef
 
 logger = logging.getLogger(__name__)
@@ -79,7 +86,8 @@ class ImageCache:
         size = 0
         logger.info("downloading %s from %s", image.id, image.url)
         try:
-            with requests.get(image.url, stream=True, timeout=self._timeout_s) as response:
+            deadline = time.monotonic() + self._timeout_s
+            with requests.get(image.url, stream=True, timeout=(10, 60)) as response:
                 if response.status_code != 200:
                     raise ImageFetchFailed(
                         f"image {image.id}: GET {image.url} answered "
@@ -87,6 +95,11 @@ class ImageCache:
                     )
                 with part.open("wb") as out:
                     for chunk in response.iter_content(CHUNK):
+                        if time.monotonic() > deadline:
+                            raise ImageFetchFailed(
+                                f"image {image.id}: GET {image.url} took longer than "
+                                f"{self._timeout_s:.0f} s (image_fetch_timeout_s)"
+                            )
                         size += len(chunk)
                         if size > self.budget_bytes:
                             raise ImageTooLarge(
@@ -100,6 +113,14 @@ class ImageCache:
                     f"image {image.id} from {image.url}: expected sha256:{image.sha256}, "
                     f"got sha256:{digest.hexdigest()}"
                 )
+            if image.format == "qcow2":
+                # A backing or data file would let an image reach other files of the host.
+                others = disks.external_files(disks.image_info(part, "qcow2"))
+                if others:
+                    raise ImageRejected(
+                        f"image {image.id} is a qcow2 image naming other files {others}; "
+                        "images must be self-contained"
+                    )
             part.chmod(0o644)
             part.rename(path)
         except requests.RequestException as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from mallee.nc.service import NodeController
 
@@ -15,10 +16,10 @@ class Monitor(threading.Thread):
         super().__init__(name="nc-monitor", daemon=True)
         self.nc = nc
         self.interval_s = interval_s
-        self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval_s):
+        while True:
+            time.sleep(self.interval_s)
             try:
                 self.nc.reconcile()
             except Exception:

@@ -12,7 +12,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from mallee.common.errors import NetworkNotFound
+from mallee.common.errors import NetworkNotFound, NetworkSetupFailed
 
 
 class Networks:
@@ -54,4 +54,4 @@ class Networks:
 def _ip(*args: str) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+        raise NetworkSetupFailed(f"ip {' '.join(args)}: {result.stderr.strip()}")

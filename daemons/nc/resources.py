@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import psutil
 
 from mallee.common.config import NcConfig
+from mallee.nc.disks import GiB, MiB
 from mallee.nc.model import VmType
-
-MiB = 1 << 20
-GiB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -31,9 +29,7 @@ class Capacity:
 
     def fits(self, vm: VmType) -> bool:
         return (
-            vm.cores <= self.cores
-            and vm.memory_mb <= self.memory_mb
-            and (vm.disk_gb <= self.disk_gb)
+            vm.cores <= self.cores and vm.memory_mb <= self.memory_mb and vm.disk_gb <= self.disk_gb
         )
 
 
@@ -41,24 +37,22 @@ def _cap(measured: int, limit: int) -> int:
     return min(measured, limit) if limit > 0 else measured
 
 
-def maximum(config: NcConfig) -> Capacity:
+def capacity(config: NcConfig, committed: Iterable[VmType]) -> tuple[Capacity, Capacity]:
+    """This node's (maximum, available) given the instance types already admitted."""
     memory = psutil.virtual_memory().total // MiB - config.reserved_memory_mb
-    disk = shutil.disk_usage(config.instance_dir).total // GiB
-    return Capacity(
+    disk = shutil.disk_usage(config.instance_dir)
+    most = Capacity(
         cores=_cap(int((psutil.cpu_count() or 1) * config.cpu_overcommit), config.max_cores),
         memory_mb=_cap(max(memory, 0), config.max_memory_mb),
-        disk_gb=_cap(disk, config.max_disk_gb),
+        disk_gb=_cap(disk.total // GiB, config.max_disk_gb),
     )
-
-
-def available(config: NcConfig, most: Capacity, committed: Iterable[VmType]) -> Capacity:
     vms = list(committed)
-    free_disk = shutil.disk_usage(config.instance_dir).free // GiB
-    return Capacity(
+    left = Capacity(
         cores=most.cores - sum(v.cores for v in vms),
         memory_mb=most.memory_mb - sum(v.memory_mb for v in vms),
-        disk_gb=min(most.disk_gb - sum(v.disk_gb for v in vms), free_disk),
+        disk_gb=min(most.disk_gb - sum(v.disk_gb for v in vms), disk.free // GiB),
     )
+    return most, left
 
 
 def describe(most: Capacity, left: Capacity, instances: int) -> dict[str, int]:

@@ -8,6 +8,7 @@ act on or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,15 +49,25 @@ class InstanceStore:
         tmp.rename(path)
 
     def remove(self, instance_id: str) -> None:
-        shutil.rmtree(self.directory(instance_id), ignore_errors=True)
+        """Remove the folder; already gone is fine, failing to remove it is an error."""
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.directory(instance_id))
 
-    def load_all(self) -> tuple[list[Instance], list[str]]:
-        """Every readable record, and the names of folders without one (to clean up)."""
-        instances, strays = [], []
+    def load_all(self) -> tuple[list[Instance], list[str], list[str]]:
+        """(readable records, folders without a record, folders whose record is unreadable).
+
+        Only a folder without any record is a leftover to clean up. An unreadable record
+        (an I/O error, a record of another version) is left alone with its domain: the
+        admin decides, the NC does not destroy what it cannot read."""
+        instances, strays, unreadable = [], [], []
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            try:
-                instances.append(Instance.from_record(json.loads((directory / RECORD).read_text())))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                logger.warning("%s has no usable record (%s)", directory, e)
+            record = directory / RECORD
+            if not record.exists():
                 strays.append(directory.name)
-        return instances, strays
+                continue
+            try:
+                instances.append(Instance.from_record(json.loads(record.read_text())))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                logger.error("%s: unreadable; leaving the instance alone (%s)", record, e)
+                unreadable.append(directory.name)
+        return instances, strays, unreadable

@@ -74,16 +74,19 @@ def test_reboot_boots_again(nc_factory: Callable[..., NcDaemon], guest: GuestIma
 def test_guest_powering_off_is_cleaned_up(
     nc_factory: Callable[..., NcDaemon], guest: GuestImage
 ) -> None:
-    """A guest that stops on its own is found by the monitor and torn down."""
+    """A guest that powers itself off (here: on an ACPI power button press, as from
+    `virsh shutdown`) is found by the monitor and torn down: instance-store semantics."""
     nc = nc_factory()
     instance_id = "i-000000000000b0073"
     nc.client.call("POST", "/v1/instances", run_request(instance_id, guest))
     wait_for_console(nc.client, instance_id, "MALLEE-BOOT-OK")
-    subprocess.run(["virsh", "-q", "destroy", instance_id], check=True, capture_output=True)
+    subprocess.run(["virsh", "-q", "shutdown", instance_id], check=True, capture_output=True)
 
     def terminated() -> bool:
         [i] = nc.client.call("GET", f"/v1/instances?instance_id={instance_id}")["instances"]
         return bool(i["state"]["name"] == "terminated")
 
-    wait_until(terminated, 30, "the monitor to notice the stopped guest")
-    assert nc.files() == []
+    wait_until(terminated, 60, "the guest to power off and the monitor to notice")
+    [after] = nc.client.call("GET", f"/v1/instances?instance_id={instance_id}")["instances"]
+    assert after["state_reason"] == "the guest stopped"
+    assert nc.files() == [] and nc.domains() == set()

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 
 from tests.support.daemons import NcDaemon
-from tests.support.guest import GuestImage, run_request, wait_for_console
+from tests.support.guest import (
+    GuestImage,
+    published,
+    run_request,
+    wait_for_console,
+    wait_until,
+)
+from tests.support.http import serve_directory
 
 IDS = ("i-00000000000000ec1", "i-00000000000000ec2")
 
@@ -33,22 +42,30 @@ def test_kill9_and_restart(nc_factory: Callable[..., NcDaemon], guest: GuestImag
     assert nc.files() == []
 
 
-def test_restart_finishes_an_interrupted_launch(
-    nc_factory: Callable[..., NcDaemon], guest: GuestImage
-) -> None:
-    """A launch cut short by kill -9 (record and disks made, domain maybe started) is
-    torn down on restart rather than left half-made."""
+def test_kill9_during_a_launch(nc_factory: Callable[..., NcDaemon], guest: GuestImage) -> None:
+    """kill -9 while runInstance is fetching its image: the restarted NC tears the
+    half-made instance down (its record says it never ran) and leaves no partial file."""
     nc = nc_factory()
     instance_id = "i-00000000000000ec3"
-    nc.client.call("POST", "/v1/instances", run_request(instance_id, guest))
-    nc.kill9()
-    record = nc.instance_dir / instance_id / "instance.json"
-    record.write_text(record.read_text().replace('"state": "running"', '"state": "staging"'))
+    with serve_directory(guest.directory, delay_s=30) as slow:
+        body = run_request(instance_id, published(guest.directory, slow.url))
 
-    nc.start()
+        def run() -> None:
+            with contextlib.suppress(Exception):  # the NC dies under this call
+                nc.client.call("POST", "/v1/instances", body)
+
+        launch = threading.Thread(target=run)
+        launch.start()
+        wait_until(lambda: bool(slow.gets), 30, "the NC to start downloading")
+        assert (nc.instance_dir / instance_id / "instance.json").exists()
+        nc.kill9()
+        launch.join()
+        nc.start()
 
     [described] = nc.client.call("GET", "/v1/instances")["instances"]
     assert described["state"]["name"] == "terminated"
-    assert "restarted during launch" in described["state_reason"]
+    assert described["state_reason"] == "the node controller restarted during launch"
     assert nc.domains() == set()
     assert nc.files() == []
+    assert not list((nc.workdir / "images").glob("*.part"))
+    assert nc.client.call("GET", "/v1/resource")["instances"] == 0

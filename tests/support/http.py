@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,15 +18,17 @@ class FileServer:
     root: Path
     url: str = ""
     gets: Counter[str] = field(default_factory=Counter)
+    delay_s: float = 0.0  # how long each GET waits before answering (a slow server)
 
 
 @contextmanager
-def serve_directory(root: Path) -> Iterator[FileServer]:
-    server = FileServer(root)
+def serve_directory(root: Path, delay_s: float = 0.0) -> Iterator[FileServer]:
+    server = FileServer(root, delay_s=delay_s)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def do_GET(self) -> None:
             server.gets[self.path] += 1
+            time.sleep(server.delay_s)
             super().do_GET()
 
         def log_message(self, *args: object) -> None:

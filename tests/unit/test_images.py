@@ -2,12 +2,18 @@
 
 import hashlib
 import os
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from mallee.common.errors import ImageDigestMismatch, ImageFetchFailed, ImageTooLarge
+from mallee.common.errors import (
+    ImageDigestMismatch,
+    ImageFetchFailed,
+    ImageRejected,
+    ImageTooLarge,
+)
 from mallee.nc.images import ImageCache
 from mallee.nc.model import ImageRef
 from tests.support.http import FileServer
@@ -34,6 +40,7 @@ def test_download_once_then_from_cache(tmp_path: Path, file_server: FileServer) 
 
 
 def test_concurrent_fetches_download_once(tmp_path: Path, file_server: FileServer) -> None:
+    file_server.delay_s = 0.5  # every fetch starts while the first download is under way
     image = publish(file_server, "big.img", 8 << 20)
     images = cache(tmp_path, 64 << 20)
     results: list[Path] = []
@@ -97,6 +104,22 @@ def test_image_over_budget(tmp_path: Path, file_server: FileServer) -> None:
     image = publish(file_server, "huge", 5000)
     images = cache(tmp_path, 4000)
     with pytest.raises(ImageTooLarge):
+        images.fetch(image)
+    assert list(images.directory.iterdir()) == []
+
+
+def test_qcow2_naming_another_file_is_rejected(tmp_path: Path, file_server: FileServer) -> None:
+    base = tmp_path / "someone-elses.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(base), "1M"], check=True)
+    sneaky = file_server.root / "sneaky.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(sneaky)],
+        check=True,
+    )
+    digest = hashlib.sha256(sneaky.read_bytes()).hexdigest()
+    image = ImageRef("emi-5eaa5eaa", f"{file_server.url}/sneaky.qcow2", f"sha256:{digest}", "qcow2")
+    images = cache(tmp_path, 10 << 20)
+    with pytest.raises(ImageRejected, match=r"someone-elses\.raw"):
         images.fetch(image)
     assert list(images.directory.iterdir()) == []
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import subprocess
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import pytest
 
 from mallee.common.config import NcConfig
 from mallee.common.errors import (
+    HypervisorError,
     ImageFetchFailed,
+    IncorrectInstanceState,
     InstanceAlreadyExists,
     InstanceNotFound,
     InsufficientResources,
@@ -185,7 +189,7 @@ def test_other_nodes_domains_are_left_alone(
         replace(config, node_name="someone-else", instance_dir=str(tmp_path / "other"))
     )
     assert domains(other) == set()
-    other.reconcile()
+    other.reconcile()  # neither its recovery nor its monitor touches our domain
     assert domains(nc) == {mine.instance_id}
     nc.terminate_instance(mine.instance_id)
 
@@ -194,7 +198,7 @@ def test_reboot_needs_a_running_instance(nc: NodeController, image: ImageRef) ->
     instance = nc.run_instance(new(image))
     assert nc.reboot_instance(instance.instance_id).state is NcState.RUNNING
     nc.terminate_instance(instance.instance_id)
-    with pytest.raises(InvalidParameter, match="terminated, not running"):
+    with pytest.raises(IncorrectInstanceState, match="terminated, not running"):
         nc.reboot_instance(instance.instance_id)
 
 
@@ -205,3 +209,55 @@ def _no_domains_left(config: NcConfig) -> object:
     for dom in conn.listAllDomains():
         if dom.name().startswith("i-") and dom.isActive():
             dom.destroy()
+
+
+def test_terminate_while_staging(
+    nc: NodeController, image: ImageRef, file_server: FileServer
+) -> None:
+    file_server.delay_s = 1.0  # the launch sits in its image download
+    instance = new(image)
+    results: list[Instance] = []
+    launch = threading.Thread(target=lambda: results.append(nc.run_instance(instance)))
+    launch.start()
+    while not nc.describe_instances():
+        time.sleep(0.01)
+    assert nc.terminate_instance(instance.instance_id).state is NcState.TEARDOWN
+    launch.join()
+    assert results[0].state is NcState.TERMINATED
+    assert results[0].state_reason == "terminated while pending"
+    assert domains(nc) == set() and folders(nc) == []
+    assert nc.describe_resource()["instances"] == 0
+
+
+def test_failed_teardown_is_retried_by_the_monitor(
+    nc: NodeController, image: ImageRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = nc.run_instance(new(image))
+    real_destroy = nc.hypervisor.destroy
+
+    def destroy_fails_once(name: str) -> None:
+        monkeypatch.setattr(nc.hypervisor, "destroy", real_destroy)
+        raise HypervisorError("libvirt said no")
+
+    monkeypatch.setattr(nc.hypervisor, "destroy", destroy_fails_once)
+    with pytest.raises(HypervisorError):
+        nc.terminate_instance(instance.instance_id)
+    [stuck] = nc.describe_instances()
+    assert stuck.state is NcState.TEARDOWN
+    assert nc.describe_resource()["instances"] == 1  # still holds what it was promised
+    nc.reconcile()
+    [done] = nc.describe_instances()
+    assert done.state is NcState.TERMINATED and done.state_reason == "user request"
+    assert domains(nc) == set() and folders(nc) == []
+
+
+def test_unreadable_record_is_left_alone(
+    config: NcConfig, nc: NodeController, image: ImageRef
+) -> None:
+    instance = nc.run_instance(new(image))
+    record = nc.store.directory(instance.instance_id) / "instance.json"
+    record.write_text('{"written by": "a future version"}')
+    restarted = NodeController(config)
+    assert restarted.describe_instances() == []
+    assert domains(restarted) == {instance.instance_id}  # not destroyed
+    assert folders(restarted) == [instance.instance_id]  # not removed
