@@ -129,11 +129,10 @@ class NodeController:
                     f"this node has {left.cores} cores, {left.memory_mb} MiB, "
                     f"{left.disk_gb} GiB available"
                 )
+            self.store.create(instance)
             self._instances[instance_id] = instance
             self._launching.add(instance_id)
         try:
-            with self._lock:
-                self.store.create(instance)
             return self._launch(instance, nics)
         except Exception as e:
             self._abort(instance_id)

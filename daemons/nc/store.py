@@ -35,9 +35,14 @@ class InstanceStore:
         return self.directory(instance_id).exists()
 
     def create(self, instance: Instance) -> None:
+        """The instance's folder with its first record, or (on failure) no folder."""
         directory = self.directory(instance.instance_id)
         directory.mkdir(mode=0o755)
-        self.save(instance)
+        try:
+            self.save(instance)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
 
     def save(self, instance: Instance) -> None:
         path = self.directory(instance.instance_id) / RECORD

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -31,12 +30,15 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from tests.support import guest
+from tests.support.http import FileServer, serve_directory
+from tests.support.network import write_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "guest" / "build.sh"
@@ -319,55 +321,20 @@ def boot_vm(guest_image, tmp_path):
 # ------------------------------------------------------------- the metadata service
 
 
-class _MetadataHandler(http.server.BaseHTTPRequestHandler):
-    routes: ClassVar[dict[str, bytes]] = {}
-    requests: ClassVar[list[str]] = []
-
-    def do_GET(self):
-        self.requests.append(self.path)
-        body = self.routes.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):
-        pass
-
-
 @pytest.fixture
-def metadata_server():
+def metadata_server(tmp_path: Path) -> Iterator[FileServer]:
     """An EC2-like metadata service on 127.0.0.1:80, which QEMU's user-mode network
     (host=169.254.169.254) shows the guest as http://169.254.169.254/."""
     _require_root_and(())
-    handler = type(
-        "Handler",
-        (_MetadataHandler,),
-        {
-            "routes": {
-                "/latest/meta-data/public-keys/0/openssh-key": (SSH_KEY + "\n").encode(),
-                "/latest/meta-data/instance-id": INSTANCE_ID.encode(),
-                "/latest/user-data": USER_DATA,
-            },
-            "requests": [],
-        },
-    )
-    try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 80), handler)
-    except OSError as exc:
-        pytest.skip(f"cannot serve metadata on 127.0.0.1:80 (port taken?): {exc}")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    write_metadata(tmp_path / "metadata", SSH_KEY, USER_DATA, INSTANCE_ID)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", 80))
+        except OSError as exc:
+            pytest.skip(f"cannot serve metadata on 127.0.0.1:80 (port taken?): {exc}")
+    with serve_directory(tmp_path / "metadata", port=80) as server:
+        yield server
 
 
 METADATA_NET = [
@@ -411,8 +378,8 @@ def test_boot_reaches_marker_with_metadata(boot_vm, metadata_server):
     assert "mallee-guest: metadata ssh key installed" in lines
     assert f"mallee-guest: user-data {len(USER_DATA)} bytes" in lines
     assert f"mallee-guest: metadata instance-id {INSTANCE_ID}" in lines
-    assert "/latest/meta-data/public-keys/0/openssh-key" in metadata_server.requests
-    assert "/latest/user-data" in metadata_server.requests
+    assert metadata_server.gets["/latest/meta-data/public-keys/0/openssh-key"] >= 1
+    assert metadata_server.gets["/latest/user-data"] >= 1
     # kernel messages reach the serial console too
     assert "Linux version" in vm.console
 

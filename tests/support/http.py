@@ -22,7 +22,7 @@ class FileServer:
 
 
 @contextmanager
-def serve_directory(root: Path, delay_s: float = 0.0) -> Iterator[FileServer]:
+def serve_directory(root: Path, delay_s: float = 0.0, port: int = 0) -> Iterator[FileServer]:
     server = FileServer(root, delay_s=delay_s)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -35,7 +35,7 @@ def serve_directory(root: Path, delay_s: float = 0.0) -> Iterator[FileServer]:
             pass
 
     httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        ("127.0.0.1", port), functools.partial(Handler, directory=str(root))
     )
     server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

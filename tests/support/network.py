@@ -26,6 +26,19 @@ class MetadataNetwork:
     user_data: bytes
 
 
+def write_metadata(root: Path, ssh_key: str, user_data: bytes, instance_id: str = "") -> None:
+    """The files of an EC2-style metadata service, to be served from ``root``."""
+    files = {
+        "latest/meta-data/public-keys/0/openssh-key": (ssh_key + "\n").encode(),
+        "latest/user-data": user_data,
+    }
+    if instance_id:
+        files["latest/meta-data/instance-id"] = instance_id.encode()
+    for path, body in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(body)
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
@@ -35,12 +48,7 @@ def metadata_network(workdir: Path, ssh_key: str, user_data: bytes) -> Iterator[
     tag = secrets.token_hex(2)
     netns, bridge, veth, peer = f"mallee-md-{tag}", f"mlmdbr{tag}", f"mlmd{tag}a", f"mlmd{tag}b"
     root = workdir / "metadata"
-    for path, body in {
-        "latest/meta-data/public-keys/0/openssh-key": (ssh_key + "\n").encode(),
-        "latest/user-data": user_data,
-    }.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_bytes(body)
+    write_metadata(root, ssh_key, user_data)
     (workdir / "udhcpd.leases").touch()
     (workdir / "udhcpd.conf").write_text(
         f"start 169.254.10.10\nend 169.254.10.99\ninterface {peer}\n"
