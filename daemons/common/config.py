@@ -63,7 +63,25 @@ class NcConfig:
     console_max_bytes: int = 65536
 
 
-SECTIONS: dict[str, type[Any]] = {"common": CommonConfig, "nc": NcConfig}
+@dataclass(frozen=True)
+class CcConfig:
+    listen: str = "0.0.0.0"
+    port: int = 8774
+    threads: int = 32
+    tls_cert: str = "/etc/mallee/tls/cc.pem"
+    tls_key: str = "/etc/mallee/tls/cc.key"
+    allowed_clients: list[str] = field(default_factory=lambda: ["clc", "admin"])
+    state_dir: str = "/var/lib/mallee/cc"
+    scheduler: str = "first-fit"
+    poll_interval_s: float = 5.0
+    poll_timeout_s: float = 3.0
+    poll_workers: int = 32
+    down_after_s: float = 15.0
+    run_timeout_s: float = 600.0
+    dispatch_workers: int = 16
+
+
+SECTIONS: dict[str, type[Any]] = {"common": CommonConfig, "nc": NcConfig, "cc": CcConfig}
 
 C = TypeVar("C")
 
@@ -82,7 +100,7 @@ def read_file(path: Path | None = None) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    unknown = set(data) - set(SECTIONS) - {"cc", "clc", "vde"}
+    unknown = set(data) - set(SECTIONS) - {"clc", "vde"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
     return data

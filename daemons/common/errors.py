@@ -61,6 +61,20 @@ class NetworkNotFound(NotFound):
     code = "InvalidNetwork.NotFound"
 
 
+class NodeNotFound(NotFound):
+    code = "InvalidNode.NotFound"
+
+
+class NodeAlreadyRegistered(MalleeError):
+    code = "InvalidNode.Duplicate"
+    status = 409
+
+
+class NodeInUse(MalleeError):
+    code = "NodeInUse"
+    status = 409
+
+
 class InstanceAlreadyExists(MalleeError):
     code = "InvalidInstanceID.Duplicate"
     status = 409

@@ -25,13 +25,18 @@ from mallee.common.errors import (
     MalleeError,
     PeerNotAllowed,
 )
+from mallee.common.metrics import Metrics
 from mallee.common.openapi import OpenApiSpec
 
 logger = logging.getLogger(__name__)
 
 
 def init_app(
-    app: flask.Flask, spec: OpenApiSpec, tls_enabled: bool, allowed_clients: Iterable[str]
+    app: flask.Flask,
+    spec: OpenApiSpec,
+    tls_enabled: bool,
+    allowed_clients: Iterable[str],
+    metrics: Metrics | None = None,
 ) -> None:
     allowed = frozenset(allowed_clients)
     app.extensions["mallee.openapi"] = spec
@@ -82,6 +87,12 @@ def init_app(
     @app.get("/v1/openapi.json")
     def openapi_document() -> dict[str, Any]:
         return spec.document
+
+    if metrics is not None:
+
+        @app.get("/metrics")
+        def render_metrics() -> flask.Response:
+            return flask.Response(metrics.render(), mimetype="text/plain")
 
 
 def _error_body(code: str, message: str) -> flask.Response:

@@ -7,14 +7,16 @@ be a second, disagreeing daemon.
 
 from __future__ import annotations
 
+import argparse
+import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flask
 from gunicorn.app.base import BaseApplication
 
-from mallee.common import log
+from mallee.common import config, log
 from mallee.common.config import CommonConfig
 
 
@@ -60,8 +62,21 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._factory()
 
 
-def serve(
-    factory: Callable[[], flask.Flask], common: CommonConfig, options: dict[str, Any]
-) -> None:
+def main(component: str, factory: Callable[[], flask.Flask], argv: Sequence[str] | None) -> None:
+    """The ``mallee-<component>`` command: read the host's config, serve the app."""
+    parser = argparse.ArgumentParser(
+        prog=f"mallee-{component}", description=f"Serve mallee's {component.upper()}."
+    )
+    parser.add_argument(
+        "--config",
+        help=f"the host's config file (default: ${config.PATH_ENV} or {config.DEFAULT_PATH})",
+    )
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ[config.PATH_ENV] = args.config
+    common, section = config.load(component)
+    options = gunicorn_options(
+        common, section.listen, section.port, section.threads, section.tls_cert, section.tls_key
+    )
     log.setup(common.log_level)
     _Gunicorn(factory, options).run()

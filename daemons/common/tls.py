@@ -1,7 +1,8 @@
 """The cloud's small CA, and who is calling.
 
 Every component gets a certificate from one cloud CA: CN names the host's component
-(``nc-node1``), OU names its role (``nc``, ``cc``, ``clc``). Servers ask for a client
+(``nc-node1``), OU names its role (``nc``, ``cc``, ``clc``, or ``admin`` for an operator's
+tools). Servers ask for a client
 certificate (gunicorn ``cert_reqs = CERT_OPTIONAL``): TLS itself refuses certificates of
 another CA, and the app answers a missing certificate (401) or a role it does not serve
 (403) with a JSON error, which a plain ``CERT_REQUIRED`` handshake failure cannot give.
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-ROLES = ("nc", "cc", "clc")
+ROLES = ("nc", "cc", "clc", "admin")
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:

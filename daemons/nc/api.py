@@ -7,7 +7,8 @@ from typing import Any
 import flask
 
 from mallee.common import rpc
-from mallee.nc.model import ImageRef, Instance, NetConfig, VmType
+from mallee.common.capacity import VmType
+from mallee.nc.model import ImageRef, Instance, NetConfig
 from mallee.nc.service import NodeController
 
 bp = flask.Blueprint("nc", __name__, url_prefix="/v1")

@@ -7,6 +7,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from mallee.common.capacity import VmType
+
 
 class NcState(enum.StrEnum):
     """The NC's own states; finer than EC2's."""
@@ -26,16 +28,6 @@ EC2_STATE: dict[NcState, tuple[str, int]] = {
 }
 
 LIVE_STATES = frozenset({NcState.STAGING, NcState.RUNNING, NcState.TEARDOWN})
-
-
-@dataclass(frozen=True)
-class VmType:
-    """What one instance may use: the seed's cores, memory and disk."""
-
-    name: str
-    cores: int
-    memory_mb: int
-    disk_gb: int
 
 
 @dataclass(frozen=True)

@@ -12,25 +12,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import psutil
 
+from mallee.common.capacity import Capacity, VmType
 from mallee.common.config import NcConfig
 from mallee.nc.disks import GiB, MiB
-from mallee.nc.model import VmType
-
-
-@dataclass(frozen=True)
-class Capacity:
-    cores: int
-    memory_mb: int
-    disk_gb: int
-
-    def fits(self, vm: VmType) -> bool:
-        return (
-            vm.cores <= self.cores and vm.memory_mb <= self.memory_mb and vm.disk_gb <= self.disk_gb
-        )
 
 
 def _cap(measured: int, limit: int) -> int:

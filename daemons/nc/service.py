@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from mallee.common.capacity import Capacity
 from mallee.common.config import NcConfig
 from mallee.common.errors import (
     IncorrectInstanceState,
@@ -83,7 +84,7 @@ class NodeController:
             self.store.save(instance)
         return instance
 
-    def _capacity(self) -> tuple[resources.Capacity, resources.Capacity]:
+    def _capacity(self) -> tuple[Capacity, Capacity]:
         """(maximum, available). Lock held."""
         committed = [i.vm_type for i in self._instances.values() if i.state in LIVE_STATES]
         return resources.capacity(self.config, committed)

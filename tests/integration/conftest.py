@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import daemons
 from tests.support import guest as guest_image
-from tests.support.daemons import NcDaemon, Pki
+from tests.support.daemons import CcDaemon, NcDaemon, Pki
 from tests.support.guest import GuestImage
 from tests.support.http import serve_directory
 
@@ -45,22 +45,49 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture
-def nc_factory(libvirtd: str, pki: Pki) -> Iterator[Callable[..., NcDaemon]]:
-    """Start NCs on demand, each in its own 0755 folder under /var/tmp."""
-    started: list[NcDaemon] = []
+def daemons_started() -> Iterator[list[daemons.Daemon]]:
+    """Every daemon a test starts; stopped and cleaned up after it."""
+    started: list[daemons.Daemon] = []
+    yield started
+    for daemon in reversed(started):
+        daemon.cleanup()
+        shutil.rmtree(daemon.workdir, ignore_errors=True)
+
+
+def _workdir() -> Path:
+    """A 0755 folder under /var/tmp: QEMU's user cannot enter pytest's 0700 ones."""
+    workdir = Path(tempfile.mkdtemp(prefix="mallee-it-", dir="/var/tmp"))
+    workdir.chmod(0o755)
+    return workdir
+
+
+@pytest.fixture
+def nc_factory(
+    libvirtd: str, pki: Pki, daemons_started: list[daemons.Daemon]
+) -> Callable[..., NcDaemon]:
+    """Start NCs on demand, each with its own folders and node name."""
 
     def start(**settings: Any) -> NcDaemon:
-        workdir = Path(tempfile.mkdtemp(prefix="mallee-it-", dir="/var/tmp"))
-        workdir.chmod(0o755)
+        workdir = _workdir()
         daemon = NcDaemon(workdir, pki, f"it-{workdir.name[-8:]}", **settings)
-        started.append(daemon)
+        daemons_started.append(daemon)
         daemon.start()
         return daemon
 
-    yield start
-    for daemon in started:
-        daemon.cleanup()
-        shutil.rmtree(daemon.workdir, ignore_errors=True)
+    return start
+
+
+@pytest.fixture
+def cc_factory(pki: Pki, daemons_started: list[daemons.Daemon]) -> Callable[..., CcDaemon]:
+    """Start CCs on demand; ``cc_factory(state_dir=...)`` restarts one on old state."""
+
+    def start(**settings: Any) -> CcDaemon:
+        daemon = CcDaemon(_workdir(), pki, **settings)
+        daemons_started.append(daemon)
+        daemon.start()
+        return daemon
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import libvirt
 import requests
@@ -26,7 +26,10 @@ from mallee.common.rpc import ClientTLS, RpcClient
 from mallee.nc.domain import METADATA_NS
 
 REPO = Path(__file__).parents[2]
-NC_OPENAPI = OpenAPI.from_file_path(str(REPO / "daemons" / "nc" / "openapi.yaml"))
+OPENAPI = {
+    component: OpenAPI.from_file_path(str(REPO / "daemons" / component / "openapi.yaml"))
+    for component in ("nc", "cc")
+}
 LIBVIRT_URI = "qemu:///system"
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
@@ -73,35 +76,43 @@ def stop_pids(pids: list[int]) -> None:
 @dataclass(frozen=True)
 class Pki:
     ca: Path
-    nc: tuple[Path, Path]  # the NC's server certificate and key
-    cc: ClientTLS  # the CC: the only role an NC serves
+    nc: tuple[Path, Path]  # the NCs' server certificate and key
+    cc_server: tuple[Path, Path]  # the CC's, which it also shows its NCs as their client
+    cc: ClientTLS  # the CC as a client: the only role an NC serves
+    clc: ClientTLS  # the CLC as a client: a role the CC serves
     other_nc: ClientTLS  # a valid certificate of this cloud, of a role the NC refuses
     foreign: ClientTLS  # a "cc" certificate from another CA
 
 
 def make_pki(d: Path) -> Pki:
     tls.create_ca(d)
-    nc = tls.issue(d, d, "nc-test", "nc", ["localhost", "127.0.0.1"])
-    cc = tls.issue(d, d, "cc-test", "cc", ["localhost"])
-    other = tls.issue(d, d, "nc-other", "nc", ["localhost"])
-    tls.create_ca(d / "foreign")
-    foreign = tls.issue(d / "foreign", d / "foreign", "cc-rogue", "cc", ["localhost"])
     ca = str(d / "ca.pem")
+
+    def client(name: str, role: str, ca_dir: Path = d) -> ClientTLS:
+        cert, key = tls.issue(ca_dir, ca_dir, name, role, ["localhost"])
+        return ClientTLS(ca, str(cert), str(key))
+
+    tls.create_ca(d / "foreign")
+    cc_server = tls.issue(d, d, "cc-test", "cc", ["localhost", "127.0.0.1"])
     return Pki(
-        d / "ca.pem",
-        nc,
-        ClientTLS(ca, str(cc[0]), str(cc[1])),
-        ClientTLS(ca, str(other[0]), str(other[1])),
-        ClientTLS(ca, str(foreign[0]), str(foreign[1])),
+        ca=d / "ca.pem",
+        nc=tls.issue(d, d, "nc-test", "nc", ["localhost", "127.0.0.1"]),
+        cc_server=cc_server,
+        cc=ClientTLS(ca, str(cc_server[0]), str(cc_server[1])),
+        clc=client("clc-test", "clc"),
+        other_nc=client("nc-other", "nc"),
+        foreign=client("cc-rogue", "cc", d / "foreign"),
     )
 
 
-def checked_client(url: str, tls_files: ClientTLS | None, **kwargs: Any) -> RpcClient:
-    """An RpcClient whose every answer must match the NC's OpenAPI document."""
+def checked_client(
+    component: str, url: str, tls_files: ClientTLS | None, **kwargs: Any
+) -> RpcClient:
+    """An RpcClient whose every answer must match ``component``'s OpenAPI document."""
     client = RpcClient(url, tls_files, **kwargs)
 
     def validate(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
-        NC_OPENAPI.validate_response(
+        OPENAPI[component].validate_response(
             RequestsOpenAPIRequest(response.request), RequestsOpenAPIResponse(response)
         )
 
@@ -125,45 +136,41 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
-class NcDaemon:
-    """One `mallee-nc` process, with its own config file, folders and node name.
+class Daemon:
+    """One `mallee-<component>` process with its own config file, under gunicorn."""
 
-    ``workdir`` must be reachable by QEMU's user (0755 all the way), unlike pytest's
-    0700 temporary folders.
-    """
+    component: ClassVar[str]
 
-    def __init__(self, workdir: Path, pki: Pki, name: str, **settings: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        pki: Pki,
+        server_cert: tuple[Path, Path],
+        client_tls: ClientTLS,
+        settings: dict[str, Any],
+    ) -> None:
         self.workdir = workdir
-        self.name = name
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
-        self.instance_dir = workdir / "instances"
-        self.log = workdir / "nc.log"
-        self.libvirt_uri = settings.get("libvirt_uri", LIBVIRT_URI)
-        nc = {
+        self.log = workdir / f"{self.component}.log"
+        section = {
             "listen": "127.0.0.1",
             "port": self.port,
-            "node_name": name,
-            "libvirt_uri": self.libvirt_uri,
-            "tls_cert": str(pki.nc[0]),
-            "tls_key": str(pki.nc[1]),
-            "instance_dir": str(self.instance_dir),
-            "image_cache_dir": str(workdir / "images"),
-            "swap_mb": 64,
-            "monitor_interval_s": 1.0,
+            "tls_cert": str(server_cert[0]),
+            "tls_key": str(server_cert[1]),
             **settings,
         }
-        lines = ["[common]", f"ca_cert = {_toml(str(pki.ca))}", "[nc]"]
-        lines += [f"{key} = {_toml(value)}" for key, value in nc.items()]
+        lines = ["[common]", f"ca_cert = {_toml(str(pki.ca))}", f"[{self.component}]"]
+        lines += [f"{key} = {_toml(value)}" for key, value in section.items()]
         self.config = workdir / "mallee.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
-        self.client = checked_client(self.url, pki.cc, timeout=(3.05, 120.0))
+        self.client = checked_client(self.component, self.url, client_tls, timeout=(3.05, 120.0))
 
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mallee.nc", "--config", str(self.config)],
+                [sys.executable, "-m", f"mallee.{self.component}", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -177,7 +184,7 @@ class NcDaemon:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     output = self.log.read_text()
-                    raise RuntimeError(f"mallee-nc did not come up:\n{output}") from e
+                    raise RuntimeError(f"mallee-{self.component} did not come up:\n{output}") from e
                 time.sleep(0.2)
 
     def kill9(self) -> None:
@@ -192,6 +199,31 @@ class NcDaemon:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill9()
+
+    def cleanup(self) -> None:
+        self.stop()
+
+
+class NcDaemon(Daemon):
+    """A `mallee-nc` with its own folders and node name. ``workdir`` must be reachable
+    by QEMU's user (0755 all the way), unlike pytest's 0700 temporary folders."""
+
+    component = "nc"
+
+    def __init__(self, workdir: Path, pki: Pki, name: str, **settings: Any) -> None:
+        self.name = name
+        self.instance_dir = workdir / "instances"
+        self.libvirt_uri = settings.get("libvirt_uri", LIBVIRT_URI)
+        nc = {
+            "node_name": name,
+            "libvirt_uri": self.libvirt_uri,
+            "instance_dir": str(self.instance_dir),
+            "image_cache_dir": str(workdir / "images"),
+            "swap_mb": 64,
+            "monitor_interval_s": 1.0,
+            **settings,
+        }
+        super().__init__(workdir, pki, pki.nc, pki.cc, nc)
 
     def domains(self) -> set[str]:
         """This node's domains as libvirt itself lists them, running or not."""
@@ -217,3 +249,13 @@ class NcDaemon:
         for name in self.domains():
             with contextlib.suppress(libvirt.libvirtError):
                 conn.lookupByName(name).destroy()
+
+
+class CcDaemon(Daemon):
+    """A `mallee-cc`, driven as the CLC would drive it."""
+
+    component = "cc"
+
+    def __init__(self, workdir: Path, pki: Pki, **settings: Any) -> None:
+        cc = {"state_dir": str(workdir / "cc-state"), "poll_interval_s": 0.5, **settings}
+        super().__init__(workdir, pki, pki.cc_server, pki.clc, cc)

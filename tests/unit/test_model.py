@@ -1,4 +1,5 @@
-from mallee.nc.model import EC2_STATE, ImageRef, Instance, NcState, NetConfig, VmType
+from mallee.common.capacity import VmType
+from mallee.nc.model import EC2_STATE, ImageRef, Instance, NcState, NetConfig
 
 EC2 = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48}
 

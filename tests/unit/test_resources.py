@@ -2,18 +2,18 @@ from pathlib import Path
 
 import psutil
 
+from mallee.common.capacity import Capacity, VmType
 from mallee.common.config import NcConfig
 from mallee.nc import resources
-from mallee.nc.model import VmType
 
 
-def maximum(config: NcConfig) -> resources.Capacity:
+def maximum(config: NcConfig) -> Capacity:
     return resources.capacity(config, [])[0]
 
 
 def test_caps_apply(tmp_path: Path) -> None:
     config = NcConfig(instance_dir=str(tmp_path), max_cores=1, max_memory_mb=1024, max_disk_gb=5)
-    assert maximum(config) == resources.Capacity(1, 1024, 5)
+    assert maximum(config) == Capacity(1, 1024, 5)
 
 
 def test_cpu_overcommit_then_cap(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_available_is_maximum_minus_promised(tmp_path: Path) -> None:
     )
     small, big = VmType("s", 1, 512, 2), VmType("b", 4, 4096, 5)
     most, left = resources.capacity(config, [small, big])
-    assert most == resources.Capacity(8, 8192, 10)
+    assert most == Capacity(8, 8192, 10)
     assert (left.cores, left.memory_mb) == (3, 3584)
     assert left.disk_gb == min(3, resources.capacity(config, [])[1].disk_gb)
     assert left.fits(VmType("x", 3, 3584, left.disk_gb))
@@ -50,7 +50,7 @@ def test_available_is_maximum_minus_promised(tmp_path: Path) -> None:
 
 
 def test_describe_names() -> None:
-    view = resources.describe(resources.Capacity(4, 100, 9), resources.Capacity(3, 50, 8), 1)
+    view = resources.describe(Capacity(4, 100, 9), Capacity(3, 50, 8), 1)
     assert view == {
         "cores_max": 4,
         "cores_available": 3,

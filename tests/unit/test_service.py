@@ -15,6 +15,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from mallee.common.capacity import VmType
 from mallee.common.config import NcConfig
 from mallee.common.errors import (
     HypervisorError,
@@ -26,7 +27,7 @@ from mallee.common.errors import (
     InvalidParameter,
     NetworkNotStarted,
 )
-from mallee.nc.model import ImageRef, Instance, NcState, NetConfig, VmType
+from mallee.nc.model import ImageRef, Instance, NcState, NetConfig
 from mallee.nc.service import NodeController
 from tests.support.http import FileServer
 

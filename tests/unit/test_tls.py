@@ -30,7 +30,7 @@ def test_refuses_to_replace_a_ca(tmp_path: Path) -> None:
 def test_unknown_role(tmp_path: Path) -> None:
     tls.create_ca(tmp_path)
     with pytest.raises(ValueError, match="role"):
-        tls.issue(tmp_path, tmp_path, "x", "admin", [])
+        tls.issue(tmp_path, tmp_path, "x", "root", [])
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,72 @@
+"""The CC's internal API: parse, call the ClusterController, render. See openapi.yaml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flask
+
+from mallee.cc.service import ClusterController
+from mallee.common import rpc
+from mallee.common.capacity import VmType
+
+bp = flask.Blueprint("cc", __name__, url_prefix="/v1")
+
+
+def _cc() -> ClusterController:
+    cc: ClusterController = flask.current_app.extensions["mallee.cc"]
+    return cc
+
+
+@bp.get("/nodes")
+def describe_nodes() -> dict[str, Any]:
+    return {"nodes": _cc().describe_nodes()}
+
+
+@bp.post("/nodes")
+def register_node() -> tuple[dict[str, Any], int]:
+    body = rpc.json_body("RegisterNodeRequest")
+    return _cc().register_node(body["name"], body["url"]), 201
+
+
+@bp.delete("/nodes/<name>")
+def deregister_node(name: str) -> dict[str, Any]:
+    _cc().deregister_node(name)
+    return {"name": name}
+
+
+@bp.post("/instances")
+def run_instances() -> tuple[dict[str, Any], int]:
+    body = rpc.json_body("RunInstancesRequest")
+    instances = _cc().run_instances(body)
+    return {"reservation_id": body["reservation_id"], "instances": instances}, 201
+
+
+@bp.get("/instances")
+def describe_instances() -> dict[str, Any]:
+    ids = rpc.query_list("instance_id", "InstanceId")
+    return {"instances": _cc().describe_instances(ids)}
+
+
+@bp.post("/instances/terminate")
+def terminate_instances() -> dict[str, Any]:
+    body = rpc.json_body("InstanceIdsRequest")
+    return {"results": _cc().terminate_instances(body["instance_ids"])}
+
+
+@bp.post("/instances/reboot")
+def reboot_instances() -> dict[str, Any]:
+    body = rpc.json_body("InstanceIdsRequest")
+    return {"results": _cc().reboot_instances(body["instance_ids"])}
+
+
+@bp.get("/instances/<instance_id>/console")
+def get_console_output(instance_id: str) -> dict[str, Any]:
+    return _cc().console_output(instance_id)
+
+
+@bp.post("/resources/describe")
+def describe_resources() -> dict[str, Any]:
+    body = rpc.json_body("DescribeResourcesRequest")
+    vm_types = [VmType(**t) for t in body["vm_types"]]
+    return {"vm_types": _cc().describe_resources(vm_types)}

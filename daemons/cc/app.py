@@ -1,0 +1,35 @@
+"""The CC's app factory: config, then plumbing, then routes, then the poller."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flask
+
+from mallee.cc import api
+from mallee.cc.poller import Poller
+from mallee.cc.service import ClusterController
+from mallee.common import config, log, rpc
+from mallee.common.metrics import Metrics
+from mallee.common.openapi import OpenApiSpec
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flask.Flask:
+    """``overrides`` maps sections to keys, as in the config file: ``{"cc": {...}}``."""
+    common, cc_config = config.load("cc", overrides)
+    log.setup(common.log_level)
+    app = flask.Flask(__name__)
+    metrics = Metrics("mallee")
+    tls_files = (
+        rpc.ClientTLS(common.ca_cert, cc_config.tls_cert, cc_config.tls_key) if common.tls else None
+    )
+    cc = ClusterController(cc_config, tls_files, metrics)
+    app.extensions["mallee.cc"] = cc
+    rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, cc_config.allowed_clients, metrics)
+    app.register_blueprint(api.bp)
+    Poller(cc, cc_config.poll_interval_s).start()
+    return app

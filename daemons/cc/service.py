@@ -1,0 +1,374 @@
+"""The CC's operations: the seed's runInstances, describeInstances, terminateInstances,
+rebootInstances, getConsoleOutput and describeResources, the node registry, and the
+poll that keeps the CC's picture of its NCs.
+
+What the NCs report is ground truth: instances are never stored here, so a CC restart
+rebuilds them with its first poll. One lock guards the node states and reservations;
+no call to an NC is made while holding it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from mallee.cc import scheduler
+from mallee.cc.model import Health, Node, NodeState, Reservation
+from mallee.cc.registry import NodeRegistry
+from mallee.common.capacity import Capacity, VmType
+from mallee.common.config import CcConfig
+from mallee.common.errors import (
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InsufficientResources,
+    MalleeError,
+    NodeInUse,
+    NodeNotFound,
+)
+from mallee.common.metrics import Metrics
+from mallee.common.rpc import ClientTLS, RpcClient, Unreachable
+
+logger = logging.getLogger(__name__)
+
+TERMINATED = "terminated"
+
+
+def _capacity(resource: dict[str, int], which: str) -> Capacity:
+    return Capacity(
+        resource[f"cores_{which}"], resource[f"memory_mb_{which}"], resource[f"disk_gb_{which}"]
+    )
+
+
+def _node_is_at_fault(error: MalleeError) -> bool:
+    """Whether another node might succeed where this one failed: the node was
+    unreachable, broke, or was fuller than the CC thought. A bad image or request would
+    fail everywhere and is not retried."""
+    if isinstance(error, Unreachable):
+        return True
+    return error.status >= 500 or error.code == InsufficientResources.code
+
+
+class ClusterController:
+    def __init__(
+        self,
+        config: CcConfig,
+        tls_files: ClientTLS | None,
+        metrics: Metrics,
+        make_client: Callable[..., RpcClient] = RpcClient,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._tls = tls_files
+        self._make_client = make_client
+        self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
+        self.policy = scheduler.policy(config.scheduler)
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in self.registry.all()}
+        self._clients = {name: self._client(s.node) for name, s in self._nodes.items()}
+        self._reservations: dict[str, Reservation] = {}
+        self._poll_pool = ThreadPoolExecutor(config.poll_workers, "cc-poll")
+        self._dispatch_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-dispatch")
+
+    def _client(self, node: Node) -> RpcClient:
+        return self._make_client(node.url, self._tls, timeout=(3.05, self.config.run_timeout_s))
+
+    # -- the node registry --------------------------------------------------------------
+
+    def register_node(self, name: str, url: str) -> dict[str, Any]:
+        node = self.registry.add(name, url)
+        with self._lock:
+            self._nodes[name] = NodeState(node)
+            self._clients[name] = self._client(node)
+            view = self._nodes[name].to_api()
+        self._poll_pool.submit(self._poll_node, name)  # learn its state without waiting
+        return view
+
+    def deregister_node(self, name: str) -> None:
+        with self._lock:
+            state = self._nodes.get(name)
+            if state is None:
+                raise NodeNotFound(f"node {name} is not registered")
+            live = sorted(
+                i for i, v in state.instances.items() if v["state"]["name"] != TERMINATED
+            ) + sorted(r.instance_id for r in self._reservations.values() if r.node == name)
+            if live:
+                raise NodeInUse(f"node {name} still holds instances {live}")
+            self.registry.remove(name)
+            del self._nodes[name]
+            del self._clients[name]
+
+    def describe_nodes(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s.to_api() for s in self._ordered()]
+
+    def _ordered(self) -> list[NodeState]:
+        """Node states in registration order. Lock held."""
+        return sorted(self._nodes.values(), key=lambda s: s.node.position)
+
+    # -- polling ------------------------------------------------------------------------
+
+    def poll(self) -> float:
+        """One cycle: every node at once (up to poll_workers), each call bounded by
+        poll_timeout_s. Returns how long the cycle took."""
+        started = time.monotonic()
+        with self._lock:
+            names = list(self._nodes)
+        wait([self._poll_pool.submit(self._poll_node, name) for name in names])
+        elapsed = time.monotonic() - started
+        self.metrics.observe("cc_poll_cycle", elapsed)
+        return elapsed
+
+    def _poll_node(self, name: str) -> None:
+        with self._lock:
+            client = self._clients.get(name)
+        if client is None:
+            return  # deregistered meanwhile
+        started = time.time()
+        timeout = (self.config.poll_timeout_s, self.config.poll_timeout_s)
+        try:
+            # Instances first, then resources: an instance seen in the list is then
+            # also counted in the figures, so a reservation released for it is never
+            # counted twice nor lost.
+            instances = client.call("GET", "/v1/instances", timeout=timeout)["instances"]
+            resource = client.call("GET", "/v1/resource", timeout=timeout)
+        except MalleeError as e:
+            self._poll_failed(name, e)
+            return
+        with self._lock:
+            state = self._nodes.get(name)
+            if state is None:
+                return
+            state.health = Health.UP
+            state.last_seen = time.time()
+            state.last_error = ""
+            state.instances = {i["instance_id"]: i for i in instances}
+            state.most = _capacity(resource, "max")
+            state.available = _capacity(resource, "available")
+            for r in [r for r in self._reservations.values() if r.node == name]:
+                reported = r.instance_id in state.instances
+                vanished = r.dispatched_at is not None and started > r.dispatched_at
+                if reported or vanished:
+                    del self._reservations[r.instance_id]
+
+    def _poll_failed(self, name: str, error: MalleeError) -> None:
+        with self._lock:
+            state = self._nodes.get(name)
+            if state is None:
+                return
+            since = state.last_seen or state.node.registered_at
+            down = time.time() - since >= self.config.down_after_s
+            if state.health is not Health.DOWN:
+                logger.warning("node %s: %s", name, error.message)
+            state.health = Health.DOWN if down else Health.UNREACHABLE
+            state.last_error = error.message
+
+    # -- capacity -----------------------------------------------------------------------
+
+    def _candidates(self, exclude: Sequence[str] = ()) -> list[scheduler.Candidate]:
+        """Up nodes in registration order, with what is free net of reservations the
+        node has not reported yet. Lock held."""
+        candidates = []
+        for state in self._ordered():
+            if state.health is not Health.UP or state.node.name in exclude:
+                continue
+            assert state.most is not None and state.available is not None
+            free = state.available
+            for r in self._reservations.values():
+                if r.node == state.node.name and r.instance_id not in state.instances:
+                    free = free.minus(r.vm_type)
+            candidates.append(scheduler.Candidate(state.node.name, state.most, free))
+        return candidates
+
+    def describe_resources(self, vm_types: list[VmType]) -> list[dict[str, Any]]:
+        """For each type: how many fit at once now (``available``), and on empty nodes
+        (``max``), counting the nodes that are up."""
+        started = time.perf_counter()
+        with self._lock:
+            candidates = self._candidates()
+        answer = [
+            {
+                "name": vm.name,
+                "cores": vm.cores,
+                "memory_mb": vm.memory_mb,
+                "disk_gb": vm.disk_gb,
+                "available": sum(c.free.how_many(vm) for c in candidates),
+                "max": sum(c.most.how_many(vm) for c in candidates),
+            }
+            for vm in vm_types
+        ]
+        self.metrics.observe("cc_describe_resources", time.perf_counter() - started)
+        return answer
+
+    # -- runInstances -------------------------------------------------------------------
+
+    def run_instances(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """Place the whole batch (or refuse it whole), then dispatch each instance to its
+        node; an instance whose node fails moves to the next candidate. Should one
+        instance find no node at all, the others are terminated: never a partial batch."""
+        vm = VmType(**request["vm_type"])
+        ids = [i["instance_id"] for i in request["instances"]]
+        if len(set(ids)) != len(ids):
+            raise InstanceAlreadyExists(f"instance ids repeat within the request: {ids}")
+        started = time.perf_counter()
+        with self._lock:
+            known = {i for s in self._nodes.values() for i in s.instances} | set(self._reservations)
+            if clash := sorted(set(ids) & known):
+                raise InstanceAlreadyExists(f"instances {clash} already exist in this cluster")
+            candidates = self._candidates()
+            nodes = scheduler.place(self.policy, [vm] * len(ids), candidates)
+            if nodes is None:
+                room = sum(c.free.how_many(vm) for c in candidates)
+                raise InsufficientResources(
+                    f"{len(ids)} instances of {vm.name} ({vm.cores} cores, {vm.memory_mb} MiB, "
+                    f"{vm.disk_gb} GiB) do not fit: the cluster has room for {room} now"
+                )
+            for instance_id, node in zip(ids, nodes, strict=True):
+                self._reservations[instance_id] = Reservation(instance_id, node, vm)
+        self.metrics.observe("cc_schedule", time.perf_counter() - started)
+
+        common = {k: v for k, v in request.items() if k != "instances"}
+        futures = [
+            self._dispatch_pool.submit(self._dispatch, {**common, **item}, vm, node)
+            for item, node in zip(request["instances"], nodes, strict=True)
+        ]
+        outcomes: list[dict[str, Any] | MalleeError] = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except MalleeError as e:
+                outcomes.append(e)
+        failures = [o for o in outcomes if isinstance(o, MalleeError)]
+        if failures:
+            placed = [o for o in outcomes if not isinstance(o, MalleeError)]
+            self._roll_back(placed)
+            raise failures[0]
+        self.metrics.observe("cc_run_instances", time.perf_counter() - started)
+        return [o for o in outcomes if not isinstance(o, MalleeError)]
+
+    def _dispatch(self, body: dict[str, Any], vm: VmType, node: str) -> dict[str, Any]:
+        instance_id = body["instance_id"]
+        tried: list[str] = []
+        while True:
+            tried.append(node)
+            with self._lock:
+                client = self._clients[node]
+            try:
+                answer: dict[str, Any] = client.call("POST", "/v1/instances", body)
+            except MalleeError as e:
+                if not _node_is_at_fault(e):
+                    with self._lock:
+                        self._reservations.pop(instance_id, None)
+                    raise
+                node = self._next_node(instance_id, vm, tried, e)
+                continue
+            view = {**answer, "node": node, "reachable": True}
+            with self._lock:
+                reservation = self._reservations.get(instance_id)
+                if reservation is not None:
+                    reservation.view = view
+                    reservation.dispatched_at = time.time()
+            return view
+
+    def _next_node(self, instance_id: str, vm: VmType, tried: list[str], error: MalleeError) -> str:
+        """Mark the failing node and move the reservation to the next candidate."""
+        failed = tried[-1]
+        logger.warning("%s failed on node %s (%s); trying another", instance_id, failed, error)
+        with self._lock:
+            state = self._nodes.get(failed)
+            if state is not None:
+                state.last_error = f"runInstance {instance_id}: {error.message}"
+                if isinstance(error, Unreachable):
+                    state.health = Health.UNREACHABLE
+            self._reservations.pop(instance_id, None)
+            candidate = self.policy.choose(vm, self._candidates(exclude=tried))
+            if candidate is None:
+                raise InsufficientResources(
+                    f"instance {instance_id} failed on {tried} "
+                    f"(last: {error.code}: {error.message}); no other node has room"
+                )
+            self._reservations[instance_id] = Reservation(instance_id, candidate.name, vm)
+            return candidate.name
+
+    def _roll_back(self, placed: list[dict[str, Any]]) -> None:
+        for view in placed:
+            try:
+                self._call_node(view["node"], "DELETE", f"/v1/instances/{view['instance_id']}")
+            except MalleeError:
+                logger.exception("rolling back %s", view["instance_id"])
+            with self._lock:
+                self._reservations.pop(view["instance_id"], None)
+
+    # -- the pass-through operations ----------------------------------------------------
+
+    def _views(self) -> dict[str, dict[str, Any]]:
+        """Every instance the cluster knows: as its node last reported it, or as its NC
+        answered runInstance when no poll has reported it yet. Lock held."""
+        views: dict[str, dict[str, Any]] = {}
+        for state in self._ordered():
+            reachable = state.health is Health.UP
+            for instance_id, view in state.instances.items():
+                views[instance_id] = {**view, "node": state.node.name, "reachable": reachable}
+        for r in self._reservations.values():
+            if r.view is not None and r.instance_id not in views:
+                health = self._nodes[r.node].health if r.node in self._nodes else Health.DOWN
+                views[r.instance_id] = {**r.view, "reachable": health is Health.UP}
+        return views
+
+    def describe_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
+        with self._lock:
+            views = self._views()
+        if not instance_ids:
+            return list(views.values())
+        if missing := sorted(set(instance_ids) - set(views)):
+            raise InstanceNotFound(f"instances {missing} are not in this cluster")
+        return [views[i] for i in instance_ids]
+
+    def _node_of(self, instance_ids: list[str]) -> dict[str, str]:
+        with self._lock:
+            views = self._views()
+        if missing := sorted(set(instance_ids) - set(views)):
+            raise InstanceNotFound(f"instances {missing} are not in this cluster")
+        return {i: views[i]["node"] for i in instance_ids}
+
+    def _call_node(self, node: str, method: str, path: str) -> Any:
+        with self._lock:
+            client = self._clients.get(node)
+        if client is None:
+            raise NodeNotFound(f"node {node} is not registered")
+        return client.call(method, path)
+
+    def _fan_out(self, instance_ids: list[str], method: str, suffix: str) -> list[dict[str, Any]]:
+        """Call each instance's NC at once; one result per instance, errors included."""
+        nodes = self._node_of(instance_ids)
+
+        def one(instance_id: str) -> dict[str, Any]:
+            node = nodes[instance_id]
+            try:
+                view = self._call_node(node, method, f"/v1/instances/{instance_id}{suffix}")
+            except MalleeError as e:
+                return {
+                    "instance_id": instance_id,
+                    "node": node,
+                    "error": {"code": e.code, "message": e.message},
+                }
+            return {"instance_id": instance_id, "node": node, "instance": view}
+
+        return list(self._dispatch_pool.map(one, instance_ids))
+
+    def terminate_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
+        return self._fan_out(instance_ids, "DELETE", "")
+
+    def reboot_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
+        return self._fan_out(instance_ids, "POST", "/reboot")
+
+    def console_output(self, instance_id: str) -> dict[str, Any]:
+        node = self._node_of([instance_id])[instance_id]
+        answer: dict[str, Any] = self._call_node(
+            node, "GET", f"/v1/instances/{instance_id}/console"
+        )
+        return answer

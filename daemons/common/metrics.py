@@ -1,0 +1,47 @@
+"""Timings a daemon keeps about itself, served as Prometheus text at ``/metrics``.
+
+Only what operators and the benchmarks read: per name, how many, their sum, the last
+and the largest, in seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class _Timer:
+    count: int = 0
+    total: float = 0.0
+    last: float = 0.0
+    largest: float = 0.0
+
+
+class Metrics:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._timers: dict[str, _Timer] = {}
+
+    def observe(self, name: str, seconds: float) -> None:
+        with self._lock:
+            timer = self._timers.setdefault(name, _Timer())
+            timer.count += 1
+            timer.total += seconds
+            timer.last = seconds
+            timer.largest = max(timer.largest, seconds)
+
+    def render(self) -> str:
+        lines = []
+        with self._lock:
+            for name, t in sorted(self._timers.items()):
+                metric = f"{self.prefix}_{name}_seconds"
+                lines += [
+                    f"# TYPE {metric} summary",
+                    f"{metric}_count {t.count}",
+                    f"{metric}_sum {t.total:.6f}",
+                    f"{metric}_last {t.last:.6f}",
+                    f"{metric}_max {t.largest:.6f}",
+                ]
+        return "\n".join(lines) + "\n"
