@@ -1,0 +1,83 @@
+"""Many NCs in one process, for benchmarks: N copies of the real NC app on libvirt's
+test driver, each on its own port, all served by one gunicorn.
+
+Run as ``python -m bench.nc_fleet --count N --workdir DIR --ca CA --cert C --key K``;
+it writes ``DIR/ports.json`` once it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from mallee.common.config import CommonConfig
+from mallee.common.server import gunicorn_options
+from mallee.nc.app import create_app
+from tests.support.daemons import free_port
+
+Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _Fleet(BaseApplication):  # type: ignore[misc]
+    def __init__(self, app: Wsgi, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Wsgi:
+        return self._app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    args = parser.parse_args()
+    common = {"tls": True, "ca_cert": args.ca, "log_level": "WARNING"}
+    apps = {}
+    for n in range(args.count):
+        port = free_port()
+        node = args.workdir / f"nc{n}"
+        apps[str(port)] = create_app(
+            {
+                "common": common,
+                "nc": {
+                    "node_name": f"fleet-{n}",
+                    "libvirt_uri": "test:///default",
+                    "hypervisor": "qemu",
+                    "instance_dir": str(node / "instances"),
+                    "image_cache_dir": str(node / "images"),
+                    "swap_mb": 0,
+                    "cpu_overcommit": 64.0,
+                    "monitor_interval_s": 3600.0,
+                },
+            }
+        )
+
+    def dispatch(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        port = environ.get("HTTP_HOST", "").rpartition(":")[2]
+        return apps[port](environ, start_response)
+
+    options = gunicorn_options(
+        CommonConfig(log_level="WARNING", ca_cert=args.ca), "127.0.0.1", 0, 64, args.cert, args.key
+    )
+    options["bind"] = [f"127.0.0.1:{port}" for port in apps]
+    options["accesslog"] = None
+    (args.workdir / "ports.json").write_text(json.dumps([int(p) for p in apps]))
+    _Fleet(dispatch, options).run()
+
+
+if __name__ == "__main__":
+    main()
