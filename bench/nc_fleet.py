@@ -13,28 +13,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
 from mallee.common.config import CommonConfig
-from mallee.common.server import gunicorn_options
+from mallee.common.server import GunicornApp, gunicorn_options
 from mallee.nc.app import create_app
 from tests.support.daemons import free_port
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-class _Fleet(BaseApplication):  # type: ignore[misc]
-    def __init__(self, app: Wsgi, options: dict[str, Any]) -> None:
-        self._app = app
-        self._options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Wsgi:
-        return self._app
 
 
 def main() -> None:
@@ -76,7 +60,7 @@ def main() -> None:
     options["bind"] = [f"127.0.0.1:{port}" for port in apps]
     options["accesslog"] = None
     (args.workdir / "ports.json").write_text(json.dumps([int(p) for p in apps]))
-    _Fleet(dispatch, options).run()
+    GunicornApp(lambda: dispatch, options).run()
 
 
 if __name__ == "__main__":

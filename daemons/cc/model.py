@@ -37,6 +37,7 @@ class NodeState:
     most: Capacity | None = None
     available: Capacity | None = None
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    poll_started: float = 0.0  # when the poll last applied (answered or failed) began
 
     def to_api(self) -> dict[str, Any]:
         def capacity(c: Capacity | None) -> dict[str, int] | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from mallee.cc.model import Node
 from mallee.common.errors import NodeAlreadyRegistered, NodeNotFound
@@ -23,6 +26,10 @@ class NodeRegistry:
             " name TEXT NOT NULL UNIQUE, url TEXT NOT NULL UNIQUE,"
             " registered_at REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS reports ("
+            " name TEXT PRIMARY KEY, last_seen REAL NOT NULL, instances TEXT NOT NULL)"
+        )
 
     def all(self) -> list[Node]:
         with self._lock:
@@ -31,7 +38,23 @@ class NodeRegistry:
             ).fetchall()
         return [Node(*row) for row in rows]
 
+    def reports(self) -> dict[str, tuple[float, dict[str, Any]]]:
+        """Each node's last report: when it was seen, and its instances."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, last_seen, instances FROM reports").fetchall()
+        return {name: (seen, json.loads(instances)) for name, seen, instances in rows}
+
+    def save_report(self, name: str, last_seen: float, instances: dict[str, Any]) -> None:
+        """Keep a node's instances, so a CC restarted while the node is down still
+        lists them (as unreachable)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO reports VALUES (?, ?, ?)",
+                (name, last_seen, json.dumps(instances)),
+            )
+
     def add(self, name: str, url: str) -> Node:
+        url = normalise_url(url)
         with self._lock:
             clash = self._db.execute(
                 "SELECT name, url FROM nodes WHERE name = ? OR url = ?", (name, url)
@@ -49,5 +72,12 @@ class NodeRegistry:
 
     def remove(self, name: str) -> None:
         with self._lock:
+            self._db.execute("DELETE FROM reports WHERE name = ?", (name,))
             if self._db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount == 0:
                 raise NodeNotFound(f"node {name} is not registered")
+
+
+def normalise_url(url: str) -> str:
+    """One spelling per NC: lower-case scheme and host, no trailing slash."""
+    parts = urllib.parse.urlsplit(url.rstrip("/"))
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc.lower(), "", "", ""))

@@ -19,6 +19,7 @@ from mallee.common.capacity import Capacity, VmType
 @dataclass(frozen=True)
 class Candidate:
     name: str
+    position: int  # registration order
     most: Capacity
     free: Capacity
 
@@ -39,19 +40,20 @@ class FirstFit:
 
 
 class RoundRobin:
-    """The node after the one chosen last (across requests), skipping full ones."""
+    """The node registered after the one chosen last (across requests, even when that
+    one has gone), skipping full ones."""
 
     name: ClassVar[str] = "round-robin"
 
     def __init__(self) -> None:
-        self.last = ""
+        self.last = -1  # position of the node chosen last
 
     def choose(self, vm: VmType, candidates: Sequence[Candidate]) -> Candidate | None:
-        names = [c.name for c in candidates]
-        start = names.index(self.last) + 1 if self.last in names else 0
-        for candidate in [*candidates[start:], *candidates[:start]]:
+        after = [c for c in candidates if c.position > self.last]
+        before = [c for c in candidates if c.position <= self.last]
+        for candidate in [*after, *before]:
             if candidate.free.fits(vm):
-                self.last = candidate.name
+                self.last = candidate.position
                 return candidate
         return None
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from mallee.common.errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
     InsufficientResources,
+    LaunchFailed,
     MalleeError,
     NodeInUse,
     NodeNotFound,
@@ -44,13 +46,21 @@ def _capacity(resource: dict[str, int], which: str) -> Capacity:
     )
 
 
-def _node_is_at_fault(error: MalleeError) -> bool:
-    """Whether another node might succeed where this one failed: the node was
-    unreachable, broke, or was fuller than the CC thought. A bad image or request would
-    fail everywhere and is not retried."""
-    if isinstance(error, Unreachable):
-        return True
-    return error.status >= 500 or error.code == InsufficientResources.code
+def _as_error(error: Exception) -> MalleeError:
+    if isinstance(error, MalleeError):
+        return error
+    logger.exception("unexpected error", exc_info=error)
+    return LaunchFailed(f"{type(error).__name__}: {error}")
+
+
+@dataclass(frozen=True)
+class NodeClients:
+    """Three clients per node: polls never retry (a cycle must stay bounded), runs may
+    take long (an image download), other calls sit between."""
+
+    poll: RpcClient
+    run: RpcClient
+    call: RpcClient
 
 
 class ClusterController:
@@ -65,25 +75,39 @@ class ClusterController:
         self.metrics = metrics
         self._tls = tls_files
         self._make_client = make_client
+        self._started = time.time()
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
         self.policy = scheduler.policy(config.scheduler)
         self._lock = threading.Lock()
-        self._nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in self.registry.all()}
-        self._clients = {name: self._client(s.node) for name, s in self._nodes.items()}
+        self._nodes: dict[str, NodeState] = {}
+        self._clients: dict[str, NodeClients] = {}
+        reports = self.registry.reports()
+        for node in self.registry.all():
+            self._add(node)
+            if node.name in reports:  # last known, until the first poll of this CC
+                self._nodes[node.name].last_seen, self._nodes[node.name].instances = reports[
+                    node.name
+                ]
         self._reservations: dict[str, Reservation] = {}
         self._poll_pool = ThreadPoolExecutor(config.poll_workers, "cc-poll")
         self._dispatch_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-dispatch")
 
-    def _client(self, node: Node) -> RpcClient:
-        return self._make_client(node.url, self._tls, timeout=(3.05, self.config.run_timeout_s))
+    def _add(self, node: Node) -> None:
+        """Track a registered node. Lock held (or not yet shared)."""
+        poll_timeout = (self.config.poll_timeout_s, self.config.poll_timeout_s)
+        self._nodes[node.name] = NodeState(node)
+        self._clients[node.name] = NodeClients(
+            poll=self._make_client(node.url, self._tls, timeout=poll_timeout, retries=0),
+            run=self._make_client(node.url, self._tls, timeout=(3.05, self.config.run_timeout_s)),
+            call=self._make_client(node.url, self._tls, timeout=(3.05, 60.0)),
+        )
 
     # -- the node registry --------------------------------------------------------------
 
     def register_node(self, name: str, url: str) -> dict[str, Any]:
         node = self.registry.add(name, url)
         with self._lock:
-            self._nodes[name] = NodeState(node)
-            self._clients[name] = self._client(node)
+            self._add(node)
             view = self._nodes[name].to_api()
         self._poll_pool.submit(self._poll_node, name)  # learn its state without waiting
         return view
@@ -114,7 +138,7 @@ class ClusterController:
 
     def poll(self) -> float:
         """One cycle: every node at once (up to poll_workers), each call bounded by
-        poll_timeout_s. Returns how long the cycle took."""
+        poll_timeout_s and never retried. Returns how long the cycle took."""
         started = time.monotonic()
         with self._lock:
             names = list(self._nodes)
@@ -125,63 +149,74 @@ class ClusterController:
 
     def _poll_node(self, name: str) -> None:
         with self._lock:
-            client = self._clients.get(name)
-        if client is None:
+            state = self._nodes.get(name)
+            clients = self._clients.get(name)
+        if state is None or clients is None:
             return  # deregistered meanwhile
         started = time.time()
-        timeout = (self.config.poll_timeout_s, self.config.poll_timeout_s)
         try:
             # Instances first, then resources: an instance seen in the list is then
             # also counted in the figures, so a reservation released for it is never
             # counted twice nor lost.
-            instances = client.call("GET", "/v1/instances", timeout=timeout)["instances"]
-            resource = client.call("GET", "/v1/resource", timeout=timeout)
-        except MalleeError as e:
-            self._poll_failed(name, e)
+            instances = clients.poll.call("GET", "/v1/instances")["instances"]
+            resource = clients.poll.call("GET", "/v1/resource")
+            most, available = _capacity(resource, "max"), _capacity(resource, "available")
+            report = {i["instance_id"]: i for i in instances}
+        except Exception as e:
+            self._poll_failed(state, _as_error(e), started)
             return
         with self._lock:
-            state = self._nodes.get(name)
-            if state is None:
+            # Apply only to the node as it was when this poll began, and never over a
+            # report from a poll that began later.
+            if self._nodes.get(name) is not state or started < state.poll_started:
                 return
+            state.poll_started = started
             state.health = Health.UP
             state.last_seen = time.time()
             state.last_error = ""
-            state.instances = {i["instance_id"]: i for i in instances}
-            state.most = _capacity(resource, "max")
-            state.available = _capacity(resource, "available")
+            changed = report != state.instances
+            state.instances = report
+            state.most, state.available = most, available
             for r in [r for r in self._reservations.values() if r.node == name]:
-                reported = r.instance_id in state.instances
+                reported = r.instance_id in report
                 vanished = r.dispatched_at is not None and started > r.dispatched_at
                 if reported or vanished:
                     del self._reservations[r.instance_id]
+        if changed:
+            self.registry.save_report(name, started, report)
 
-    def _poll_failed(self, name: str, error: MalleeError) -> None:
+    def _poll_failed(self, state: NodeState, error: MalleeError, started: float) -> None:
         with self._lock:
-            state = self._nodes.get(name)
-            if state is None:
+            if self._nodes.get(state.node.name) is not state or started < state.poll_started:
                 return
-            since = state.last_seen or state.node.registered_at
+            state.poll_started = started
+            # silent since its last answer, but never counted from before this CC began
+            since = max(state.last_seen or state.node.registered_at, self._started)
             down = time.time() - since >= self.config.down_after_s
             if state.health is not Health.DOWN:
-                logger.warning("node %s: %s", name, error.message)
+                logger.warning("node %s: %s", state.node.name, error.message)
             state.health = Health.DOWN if down else Health.UNREACHABLE
             state.last_error = error.message
 
     # -- capacity -----------------------------------------------------------------------
 
     def _candidates(self, exclude: Sequence[str] = ()) -> list[scheduler.Candidate]:
-        """Up nodes in registration order, with what is free net of reservations the
-        node has not reported yet. Lock held."""
+        """Up nodes in registration order, with what is free net of the reservations
+        they have not reported yet (a poll that reports one releases it). Lock held."""
+        held: dict[str, list[VmType]] = {}
+        for r in self._reservations.values():
+            held.setdefault(r.node, []).append(r.vm_type)
         candidates = []
         for state in self._ordered():
             if state.health is not Health.UP or state.node.name in exclude:
                 continue
             assert state.most is not None and state.available is not None
             free = state.available
-            for r in self._reservations.values():
-                if r.node == state.node.name and r.instance_id not in state.instances:
-                    free = free.minus(r.vm_type)
-            candidates.append(scheduler.Candidate(state.node.name, state.most, free))
+            for vm in held.get(state.node.name, []):
+                free = free.minus(vm)
+            candidates.append(
+                scheduler.Candidate(state.node.name, state.node.position, state.most, free)
+            )
         return candidates
 
     def describe_resources(self, vm_types: list[VmType]) -> list[dict[str, Any]]:
@@ -216,8 +251,7 @@ class ClusterController:
             raise InstanceAlreadyExists(f"instance ids repeat within the request: {ids}")
         started = time.perf_counter()
         with self._lock:
-            known = {i for s in self._nodes.values() for i in s.instances} | set(self._reservations)
-            if clash := sorted(set(ids) & known):
+            if clash := sorted(set(ids) & set(self._views())):
                 raise InstanceAlreadyExists(f"instances {clash} already exist in this cluster")
             candidates = self._candidates()
             nodes = scheduler.place(self.policy, [vm] * len(ids), candidates)
@@ -240,66 +274,113 @@ class ClusterController:
         for future in futures:
             try:
                 outcomes.append(future.result())
-            except MalleeError as e:
-                outcomes.append(e)
+            except Exception as e:
+                outcomes.append(_as_error(e))
+        placed = [o for o in outcomes if not isinstance(o, MalleeError)]
         failures = [o for o in outcomes if isinstance(o, MalleeError)]
         if failures:
-            placed = [o for o in outcomes if not isinstance(o, MalleeError)]
             self._roll_back(placed)
             raise failures[0]
         self.metrics.observe("cc_run_instances", time.perf_counter() - started)
-        return [o for o in outcomes if not isinstance(o, MalleeError)]
+        return placed
 
     def _dispatch(self, body: dict[str, Any], vm: VmType, node: str) -> dict[str, Any]:
+        """Run one instance, moving it on to other nodes while a node fails it. The
+        reservation is released on failure, unless the instance may exist after all."""
         instance_id = body["instance_id"]
         tried: list[str] = []
-        while True:
-            tried.append(node)
-            with self._lock:
-                client = self._clients[node]
-            try:
-                answer: dict[str, Any] = client.call("POST", "/v1/instances", body)
-            except MalleeError as e:
-                if not _node_is_at_fault(e):
-                    with self._lock:
-                        self._reservations.pop(instance_id, None)
-                    raise
-                node = self._next_node(instance_id, vm, tried, e)
-                continue
-            view = {**answer, "node": node, "reachable": True}
-            with self._lock:
-                reservation = self._reservations.get(instance_id)
-                if reservation is not None:
-                    reservation.view = view
-                    reservation.dispatched_at = time.time()
-            return view
+        keep_reservation = False
+        try:
+            while True:
+                tried.append(node)
+                with self._lock:
+                    client = self._clients[node].run
+                try:
+                    answer: dict[str, Any] = client.call("POST", "/v1/instances", body)
+                except MalleeError as e:
+                    if (
+                        isinstance(e, Unreachable)
+                        and e.maybe_delivered
+                        and not self._absent(node, instance_id)
+                    ):
+                        # The NC may have made it: sending it elsewhere could run it
+                        # twice. Keep the reservation; the next poll of the node settles
+                        # it (listed: a real instance; not listed: released).
+                        keep_reservation = True
+                        self._mark(node, instance_id, e)
+                        with self._lock:
+                            if instance_id in self._reservations:
+                                self._reservations[instance_id].dispatched_at = time.time()
+                        raise
+                    if not self._node_at_fault(e):
+                        raise
+                    self._mark(node, instance_id, e)
+                    node = self._next_node(instance_id, vm, tried, e)
+                    continue
+                view = {**answer, "node": node, "reachable": True}
+                with self._lock:
+                    reservation = self._reservations.get(instance_id)
+                    if reservation is not None:
+                        reservation.view = view
+                        reservation.dispatched_at = time.time()
+                keep_reservation = True
+                return view
+        finally:
+            if not keep_reservation:
+                with self._lock:
+                    self._reservations.pop(instance_id, None)
+
+    @staticmethod
+    def _node_at_fault(error: MalleeError) -> bool:
+        """Whether another node might succeed: this one was unreachable, broke, or was
+        fuller than the CC thought. A bad image or request fails everywhere."""
+        if isinstance(error, Unreachable):
+            return True
+        return error.status >= 500 or error.code == InsufficientResources.code
+
+    def _absent(self, node: str, instance_id: str) -> bool:
+        """After an answer that never came: make sure the node does not hold it."""
+        with self._lock:
+            client = self._clients[node].call
+        try:
+            client.call("DELETE", f"/v1/instances/{instance_id}")
+        except MalleeError as e:
+            return e.code == InstanceNotFound.code
+        return True  # it did; now it is terminated there
+
+    def _mark(self, node: str, instance_id: str, error: MalleeError) -> None:
+        """A node that failed a run: out of scheduling until its next good poll (unless
+        it merely was full, which the next poll shows anyway)."""
+        logger.warning("%s failed on node %s: %s", instance_id, node, error.message)
+        with self._lock:
+            state = self._nodes.get(node)
+            if state is None:
+                return
+            state.last_error = f"runInstance {instance_id}: {error.message}"
+            if error.code != InsufficientResources.code and state.health is Health.UP:
+                state.health = Health.UNREACHABLE
 
     def _next_node(self, instance_id: str, vm: VmType, tried: list[str], error: MalleeError) -> str:
-        """Mark the failing node and move the reservation to the next candidate."""
-        failed = tried[-1]
-        logger.warning("%s failed on node %s (%s); trying another", instance_id, failed, error)
+        """Move the reservation to the next candidate the policy picks."""
         with self._lock:
-            state = self._nodes.get(failed)
-            if state is not None:
-                state.last_error = f"runInstance {instance_id}: {error.message}"
-                if isinstance(error, Unreachable):
-                    state.health = Health.UNREACHABLE
-            self._reservations.pop(instance_id, None)
             candidate = self.policy.choose(vm, self._candidates(exclude=tried))
             if candidate is None:
                 raise InsufficientResources(
                     f"instance {instance_id} failed on {tried} "
                     f"(last: {error.code}: {error.message}); no other node has room"
                 )
-            self._reservations[instance_id] = Reservation(instance_id, candidate.name, vm)
+            self._reservations[instance_id].node = candidate.name
             return candidate.name
 
     def _roll_back(self, placed: list[dict[str, Any]]) -> None:
+        """Terminate what a failed batch started. One that will not go keeps its
+        reservation, so the next poll lists it: it is never lost from sight."""
         for view in placed:
             try:
-                self._call_node(view["node"], "DELETE", f"/v1/instances/{view['instance_id']}")
+                self._call(view["node"], "DELETE", f"/v1/instances/{view['instance_id']}")
             except MalleeError:
                 logger.exception("rolling back %s", view["instance_id"])
+                continue
             with self._lock:
                 self._reservations.pop(view["instance_id"], None)
 
@@ -312,6 +393,8 @@ class ClusterController:
         for state in self._ordered():
             reachable = state.health is Health.UP
             for instance_id, view in state.instances.items():
+                if instance_id in views and view["state"]["name"] == TERMINATED:
+                    continue  # terminated here after it moved: the live one is the one
                 views[instance_id] = {**view, "node": state.node.name, "reachable": reachable}
         for r in self._reservations.values():
             if r.view is not None and r.instance_id not in views:
@@ -319,37 +402,35 @@ class ClusterController:
                 views[r.instance_id] = {**r.view, "reachable": health is Health.UP}
         return views
 
+    def _find(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The views of these instances; all of them, or InstanceNotFound naming the rest."""
+        with self._lock:
+            views = self._views()
+        if missing := sorted(set(instance_ids) - set(views)):
+            raise InstanceNotFound(f"instances {missing} are not in this cluster")
+        return {i: views[i] for i in instance_ids}
+
     def describe_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
-        with self._lock:
-            views = self._views()
         if not instance_ids:
-            return list(views.values())
-        if missing := sorted(set(instance_ids) - set(views)):
-            raise InstanceNotFound(f"instances {missing} are not in this cluster")
-        return [views[i] for i in instance_ids]
+            with self._lock:
+                return list(self._views().values())
+        return list(self._find(instance_ids).values())
 
-    def _node_of(self, instance_ids: list[str]) -> dict[str, str]:
+    def _call(self, node: str, method: str, path: str) -> Any:
         with self._lock:
-            views = self._views()
-        if missing := sorted(set(instance_ids) - set(views)):
-            raise InstanceNotFound(f"instances {missing} are not in this cluster")
-        return {i: views[i]["node"] for i in instance_ids}
-
-    def _call_node(self, node: str, method: str, path: str) -> Any:
-        with self._lock:
-            client = self._clients.get(node)
-        if client is None:
+            clients = self._clients.get(node)
+        if clients is None:
             raise NodeNotFound(f"node {node} is not registered")
-        return client.call(method, path)
+        return clients.call.call(method, path)
 
     def _fan_out(self, instance_ids: list[str], method: str, suffix: str) -> list[dict[str, Any]]:
         """Call each instance's NC at once; one result per instance, errors included."""
-        nodes = self._node_of(instance_ids)
+        nodes = {i: v["node"] for i, v in self._find(instance_ids).items()}
 
         def one(instance_id: str) -> dict[str, Any]:
             node = nodes[instance_id]
             try:
-                view = self._call_node(node, method, f"/v1/instances/{instance_id}{suffix}")
+                view = self._call(node, method, f"/v1/instances/{instance_id}{suffix}")
             except MalleeError as e:
                 return {
                     "instance_id": instance_id,
@@ -367,8 +448,6 @@ class ClusterController:
         return self._fan_out(instance_ids, "POST", "/reboot")
 
     def console_output(self, instance_id: str) -> dict[str, Any]:
-        node = self._node_of([instance_id])[instance_id]
-        answer: dict[str, Any] = self._call_node(
-            node, "GET", f"/v1/instances/{instance_id}/console"
-        )
+        node = self._find([instance_id])[instance_id]["node"]
+        answer: dict[str, Any] = self._call(node, "GET", f"/v1/instances/{instance_id}/console")
         return answer

@@ -37,11 +37,11 @@ class Metrics:
         with self._lock:
             for name, t in sorted(self._timers.items()):
                 metric = f"{self.prefix}_{name}_seconds"
-                lines += [
-                    f"# TYPE {metric} summary",
-                    f"{metric}_count {t.count}",
-                    f"{metric}_sum {t.total:.6f}",
-                    f"{metric}_last {t.last:.6f}",
-                    f"{metric}_max {t.largest:.6f}",
-                ]
+                for suffix, kind, value in (
+                    ("count", "counter", float(t.count)),
+                    ("sum", "counter", t.total),
+                    ("last", "gauge", t.last),
+                    ("max", "gauge", t.largest),
+                ):
+                    lines += [f"# TYPE {metric}_{suffix} {kind}", f"{metric}_{suffix} {value:g}"]
         return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from typing import Any
 import flask
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
 from werkzeug.exceptions import HTTPException
 
@@ -138,10 +139,25 @@ class RemoteError(MalleeError):
 
 
 class Unreachable(MalleeError):
-    """No answer: refused, timed out, or TLS failed."""
+    """No answer: refused, timed out, or TLS failed. ``maybe_delivered`` is False only
+    when the request surely never reached the peer (no connection was made), so that
+    even a call that is not safe to repeat may be sent elsewhere."""
 
     code = "Unreachable"
     status = 502
+
+    def __init__(self, message: str, maybe_delivered: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+
+
+def _never_connected(error: requests.RequestException) -> bool:
+    if isinstance(error, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    if isinstance(error, requests.ConnectionError) and error.args:
+        reason = getattr(error.args[0], "reason", None)
+        return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+    return False
 
 
 class RpcClient:
@@ -200,9 +216,16 @@ class RpcClient:
                 headers={log.REQUEST_ID_HEADER: request_id},
             )
         except requests.RequestException as e:
-            raise Unreachable(f"{method} {self.base_url}{path}: {e}") from e
+            raise Unreachable(
+                f"{method} {self.base_url}{path}: {e}", not _never_connected(e)
+            ) from e
         if response.ok:
-            return response.json()
+            try:
+                return response.json()
+            except ValueError:
+                raise RemoteError(
+                    502, "BadAnswer", f"{method} {self.base_url}{path}: the answer is not JSON"
+                ) from None
         try:
             error = response.json()["error"]
             raise RemoteError(response.status_code, error["code"], error["message"])

@@ -48,8 +48,10 @@ def gunicorn_options(
     return options
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, factory: Callable[[], flask.Flask], options: dict[str, Any]) -> None:
+class GunicornApp(BaseApplication):  # type: ignore[misc]
+    """gunicorn running the WSGI app ``factory`` makes, with ``options`` as settings."""
+
+    def __init__(self, factory: Callable[[], Any], options: dict[str, Any]) -> None:
         self._factory = factory
         self._options = options
         super().__init__()
@@ -58,7 +60,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         for key, value in self._options.items():
             self.cfg.set(key, value)
 
-    def load(self) -> flask.Flask:
+    def load(self) -> Any:
         return self._factory()
 
 
@@ -79,4 +81,4 @@ def main(component: str, factory: Callable[[], flask.Flask], argv: Sequence[str]
         common, section.listen, section.port, section.threads, section.tls_cert, section.tls_key
     )
     log.setup(common.log_level)
-    _Gunicorn(factory, options).run()
+    GunicornApp(factory, options).run()

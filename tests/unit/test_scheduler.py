@@ -1,5 +1,7 @@
 """Placement policies on known nodes: each places a known sequence where it should."""
 
+from dataclasses import replace
+
 import pytest
 
 from mallee.cc import scheduler
@@ -13,8 +15,8 @@ BIG = VmType("big", 3, 256, 1)
 def nodes() -> list[Candidate]:
     """A has 2 cores, B and C have 4; memory and disk are plentiful."""
     return [
-        Candidate(name, Capacity(cores, 8192, 8), Capacity(cores, 8192, 8))
-        for name, cores in (("A", 2), ("B", 4), ("C", 4))
+        Candidate(name, position, Capacity(cores, 8192, 8), Capacity(cores, 8192, 8))
+        for position, (name, cores) in enumerate((("A", 2), ("B", 4), ("C", 4)))
     ]
 
 
@@ -26,7 +28,7 @@ def run_one_by_one(policy_name: str, sequence: list[VmType]) -> list[str]:
     for vm in sequence:
         [name] = place(chooser, [vm], pool) or ["none"]
         placed.append(name)
-        pool = [Candidate(c.name, c.most, c.free.minus(vm)) if c.name == name else c for c in pool]
+        pool = [replace(c, free=c.free.minus(vm)) if c.name == name else c for c in pool]
     return placed
 
 
@@ -57,6 +59,13 @@ def test_refused_batch_does_not_move_the_round_robin_cursor() -> None:
     assert place(chooser, [SMALL], nodes()) == ["A"]
     assert place(chooser, [BIG] * 3, nodes()) is None
     assert place(chooser, [SMALL], nodes()) == ["B"]
+
+
+def test_round_robin_goes_on_after_a_node_that_left() -> None:
+    chooser = scheduler.policy("round-robin")
+    assert place(chooser, [SMALL, SMALL], nodes()) == ["A", "B"]
+    without_b = [c for c in nodes() if c.name != "B"]
+    assert place(chooser, [SMALL], without_b) == ["C"]
 
 
 def test_no_room_no_candidates() -> None:

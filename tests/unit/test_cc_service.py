@@ -1,0 +1,218 @@
+"""The CC's reservations and failure handling, against NCs simulated in memory.
+
+The integration tests drive real NCs; these make the failures that are hard to time
+there (a run that times out after the NC made the instance, a node that fails midway).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mallee.cc.model import Health
+from mallee.cc.service import ClusterController
+from mallee.common.capacity import VmType
+from mallee.common.config import CcConfig
+from mallee.common.errors import InstanceNotFound, InsufficientResources, MalleeError
+from mallee.common.metrics import Metrics
+from mallee.common.rpc import RemoteError, Unreachable
+
+SMALL: dict[str, Any] = {"name": "t1.small", "cores": 1, "memory_mb": 256, "disk_gb": 1}
+IMAGE = {"id": "emi-12345678", "url": "http://x/i", "digest": "sha256:" + "a" * 64}
+
+
+class FakeNc:
+    """An NC in memory: admits by cores, lists and terminates instances."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.down = False  # refuses connections
+        self.lose_answers = False  # makes the instance, then the answer is lost
+        self.broken = False  # answers runInstance with 500
+
+    def live(self) -> int:
+        return sum(1 for i in self.instances.values() if i["state"]["name"] != "terminated")
+
+    def handle(self, method: str, path: str, body: Any) -> Any:
+        if self.down:
+            raise Unreachable("refused", maybe_delivered=False)
+        if (method, path) == ("GET", "/v1/instances"):
+            return {"instances": list(self.instances.values())}
+        if (method, path) == ("GET", "/v1/resource"):
+            return {
+                "cores_max": self.cores,
+                "cores_available": self.cores - self.live(),
+                "memory_mb_max": 8192,
+                "memory_mb_available": 8192,
+                "disk_gb_max": 100,
+                "disk_gb_available": 100,
+                "instances": self.live(),
+            }
+        if (method, path) == ("POST", "/v1/instances"):
+            if self.broken:
+                raise RemoteError(500, "LaunchFailed", "libvirt broke")
+            if self.live() >= self.cores:
+                raise RemoteError(409, "InsufficientInstanceCapacity", "full")
+            view = {"instance_id": body["instance_id"], "state": {"name": "running", "code": 16}}
+            self.instances[body["instance_id"]] = view
+            if self.lose_answers:
+                raise Unreachable("read timed out", maybe_delivered=True)
+            return view
+        if method == "DELETE":
+            instance_id = path.rsplit("/", 1)[1]
+            if instance_id not in self.instances:
+                raise RemoteError(404, InstanceNotFound.code, "no such instance")
+            self.instances[instance_id] = {
+                "instance_id": instance_id,
+                "state": {"name": "terminated", "code": 48},
+            }
+            return self.instances[instance_id]
+        raise AssertionError(f"unexpected {method} {path}")
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, **cores: int) -> None:
+        self.ncs = {name: FakeNc(n) for name, n in cores.items()}
+        by_url = {f"https://{name}:8775": nc for name, nc in self.ncs.items()}
+
+        class Client:
+            def __init__(self, url: str, *_args: Any, **_kwargs: Any) -> None:
+                self.nc = by_url[url]
+
+            def call(self, method: str, path: str, body: Any = None, **_kwargs: Any) -> Any:
+                return self.nc.handle(method, path, body)
+
+        config = CcConfig(state_dir=str(tmp_path), poll_interval_s=3600.0)
+        self.cc = ClusterController(config, None, Metrics("test"), make_client=Client)  # type: ignore[arg-type]  # RpcClient.call only
+        for name in self.ncs:
+            self.cc.register_node(name, f"https://{name}:8775")
+        self.cc.poll()
+
+    def run(self, *ids: str) -> list[dict[str, Any]]:
+        return self.cc.run_instances(
+            {
+                "reservation_id": "r-01234567",
+                "owner_id": "alice",
+                "vm_type": SMALL,
+                "image": IMAGE,
+                "instances": [{"instance_id": i} for i in ids],
+            }
+        )
+
+    def free(self) -> int:
+        return int(self.cc.describe_resources([VmType(**SMALL)])[0]["available"])
+
+    def health(self, name: str) -> str:
+        return next(n["health"] for n in self.cc.describe_nodes() if n["name"] == name)
+
+
+def iid(n: int) -> str:
+    return f"i-{n:017x}"
+
+
+def test_reservation_holds_until_the_node_reports(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    cluster.run(iid(1))
+    assert cluster.free() == 1  # the NC's figures are stale; the reservation counts
+    cluster.cc.poll()
+    assert cluster.free() == 1  # now the NC's own figures count it, and only once
+    assert cluster.cc._reservations == {}
+
+
+def test_refused_connection_moves_the_instance_on(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2, b=2)
+    cluster.ncs["a"].down = True
+    [view] = cluster.run(iid(1))
+    assert view["node"] == "b"
+    assert cluster.health("a") == "unreachable"
+
+
+def test_broken_node_is_skipped_until_it_answers_again(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2, b=2)
+    cluster.ncs["a"].broken = True
+    assert cluster.run(iid(1))[0]["node"] == "b"
+    assert cluster.health("a") == "unreachable"
+    assert "libvirt broke" in cluster.cc.describe_nodes()[0]["last_error"]
+    cluster.cc.poll()
+    assert cluster.health("a") == "up"
+
+
+def test_lost_answer_is_not_run_twice(tmp_path: Path) -> None:
+    """The NC made the instance but its answer was lost: the CC terminates it there
+    before running it elsewhere, and lists the live one."""
+    cluster = Cluster(tmp_path, a=2, b=2)
+    cluster.ncs["a"].lose_answers = True
+    [view] = cluster.run(iid(1))
+    assert view["node"] == "b"
+    assert cluster.ncs["a"].instances[iid(1)]["state"]["name"] == "terminated"
+    cluster.cc.poll()
+    [described] = cluster.cc.describe_instances([iid(1)])
+    assert (described["node"], described["state"]["name"]) == ("b", "running")
+
+
+def test_lost_answer_from_a_node_that_then_vanishes(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2, b=2)
+    nc = cluster.ncs["a"]
+    nc.lose_answers = True
+    real_handle = nc.handle
+
+    def gone_after_run(method: str, path: str, body: Any) -> Any:
+        if method == "DELETE":
+            raise Unreachable("refused", maybe_delivered=False)
+        return real_handle(method, path, body)
+
+    nc.handle = gone_after_run  # type: ignore[method-assign]
+    with pytest.raises(Unreachable):
+        cluster.run(iid(1))
+    assert cluster.ncs["b"].instances == {}  # never run a second time
+    nc.lose_answers = False
+    cluster.cc.poll()  # the node answers again and lists it: a real instance
+    [described] = cluster.cc.describe_instances([iid(1)])
+    assert described["node"] == "a"
+
+
+def test_no_partial_batch(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=1, b=1)
+    cluster.ncs["b"].broken = True  # b fails its instance, and a has no room left for it
+    with pytest.raises(InsufficientResources, match="no other node has room"):
+        cluster.run(iid(1), iid(2))
+    assert cluster.ncs["a"].live() == 0  # its instance was terminated again
+    assert cluster.cc._reservations == {}
+    cluster.cc.poll()
+    cluster.ncs["b"].broken = False
+    cluster.cc.poll()
+    assert cluster.free() == 2
+
+
+def test_unexpected_answer_leaks_no_reservation(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    real_handle = cluster.ncs["a"].handle
+
+    def garbled(method: str, path: str, body: Any) -> Any:
+        return [] if method == "POST" else real_handle(method, path, body)
+
+    cluster.ncs["a"].handle = garbled  # type: ignore[method-assign]
+    with pytest.raises(MalleeError):
+        cluster.run(iid(1))
+    assert cluster.cc._reservations == {}
+    assert cluster.free() == 2
+
+
+def test_restart_while_a_node_is_down_keeps_its_instances(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    cluster.run(iid(1))
+    cluster.cc.poll()
+    cluster.ncs["a"].down = True
+    again = ClusterController(
+        CcConfig(state_dir=str(tmp_path)),
+        None,
+        Metrics("test"),
+        make_client=type(cluster.cc._clients["a"].poll),
+    )
+    again.poll()
+    [described] = again.describe_instances([iid(1)])
+    assert (described["node"], described["reachable"]) == ("a", False)
+    assert again.describe_nodes()[0]["health"] == Health.UNREACHABLE
