@@ -31,7 +31,7 @@ def register_node() -> tuple[dict[str, Any], int]:
 
 @bp.delete("/nodes/<name>")
 def deregister_node(name: str) -> dict[str, Any]:
-    _cc().deregister_node(name)
+    _cc().deregister_node(name, force=flask.request.args.get("force") == "true")
     return {"name": name}
 
 

@@ -9,11 +9,11 @@ from typing import Any
 import flask
 
 from mallee.cc import api
-from mallee.cc.poller import Poller
 from mallee.cc.service import ClusterController
 from mallee.common import config, log, rpc
 from mallee.common.metrics import Metrics
 from mallee.common.openapi import OpenApiSpec
+from mallee.common.periodic import Periodic
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -31,5 +31,5 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     app.extensions["mallee.cc"] = cc
     rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, cc_config.allowed_clients, metrics)
     app.register_blueprint(api.bp)
-    Poller(cc, cc_config.poll_interval_s).start()
+    Periodic("cc-poller", cc_config.poll_interval_s, cc.poll).start()
     return app

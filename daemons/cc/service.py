@@ -112,7 +112,9 @@ class ClusterController:
         self._poll_pool.submit(self._poll_node, name)  # learn its state without waiting
         return view
 
-    def deregister_node(self, name: str) -> None:
+    def deregister_node(self, name: str, force: bool = False) -> None:
+        """Forget a node. While it holds instances only with ``force``, for a node that
+        is gone for good (its instances are then forgotten too)."""
         with self._lock:
             state = self._nodes.get(name)
             if state is None:
@@ -120,8 +122,12 @@ class ClusterController:
             live = sorted(
                 i for i, v in state.instances.items() if v["state"]["name"] != TERMINATED
             ) + sorted(r.instance_id for r in self._reservations.values() if r.node == name)
-            if live:
-                raise NodeInUse(f"node {name} still holds instances {live}")
+            if live and not force:
+                raise NodeInUse(f"node {name} still holds instances {live} (force to forget them)")
+            for instance_id in [
+                r.instance_id for r in self._reservations.values() if r.node == name
+            ]:
+                del self._reservations[instance_id]
             self.registry.remove(name)
             del self._nodes[name]
             del self._clients[name]

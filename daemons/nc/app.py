@@ -10,8 +10,8 @@ import flask
 
 from mallee.common import config, log, rpc
 from mallee.common.openapi import OpenApiSpec
+from mallee.common.periodic import Periodic
 from mallee.nc import api
-from mallee.nc.monitor import Monitor
 from mallee.nc.service import NodeController
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -26,5 +26,5 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     app.extensions["mallee.nc"] = nc
     rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, nc_config.allowed_clients)
     app.register_blueprint(api.bp)
-    Monitor(nc, nc_config.monitor_interval_s).start()
+    Periodic("nc-monitor", nc_config.monitor_interval_s, nc.reconcile).start()
     return app

@@ -15,7 +15,12 @@ from mallee.cc.model import Health
 from mallee.cc.service import ClusterController
 from mallee.common.capacity import VmType
 from mallee.common.config import CcConfig
-from mallee.common.errors import InstanceNotFound, InsufficientResources, MalleeError
+from mallee.common.errors import (
+    InstanceNotFound,
+    InsufficientResources,
+    MalleeError,
+    NodeInUse,
+)
 from mallee.common.metrics import Metrics
 from mallee.common.rpc import RemoteError, Unreachable
 
@@ -216,3 +221,16 @@ def test_restart_while_a_node_is_down_keeps_its_instances(tmp_path: Path) -> Non
     [described] = again.describe_instances([iid(1)])
     assert (described["node"], described["reachable"]) == ("a", False)
     assert again.describe_nodes()[0]["health"] == Health.UNREACHABLE
+
+
+def test_a_node_gone_for_good_is_forgotten_only_by_force(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    cluster.run(iid(1))
+    cluster.cc.poll()
+    cluster.ncs["a"].down = True
+    cluster.cc.poll()
+    with pytest.raises(NodeInUse, match=iid(1)):
+        cluster.cc.deregister_node("a")
+    cluster.cc.deregister_node("a", force=True)
+    assert cluster.cc.describe_nodes() == []
+    assert cluster.cc.describe_instances([]) == []
