@@ -48,8 +48,10 @@ class NodeRegistry:
         """Keep a node's instances, so a CC restarted while the node is down still
         lists them (as unreachable)."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO reports VALUES (?, ?, ?)",
+            self._db.execute(  # an older report arriving late never replaces a newer one
+                "INSERT INTO reports VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET last_seen = excluded.last_seen, instances = excluded.instances"
+                " WHERE excluded.last_seen > reports.last_seen",
                 (name, last_seen, json.dumps(instances)),
             )
 
