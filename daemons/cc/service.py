@@ -2,9 +2,10 @@
 rebootInstances, getConsoleOutput and describeResources, the node registry, and the
 poll that keeps the CC's picture of its NCs.
 
-What the NCs report is ground truth: instances are never stored here, so a CC restart
-rebuilds them with its first poll. One lock guards the node states and reservations;
-no call to an NC is made while holding it.
+What the NCs report is ground truth: the CC keeps only each node's last report (so a
+restart while a node is down still lists its instances), and its first poll refreshes
+them. One lock guards the node states and reservations; no call to an NC is made
+while holding it.
 """
 
 from __future__ import annotations
@@ -85,9 +86,8 @@ class ClusterController:
         for node in self.registry.all():
             self._add(node)
             if node.name in reports:  # last known, until the first poll of this CC
-                self._nodes[node.name].last_seen, self._nodes[node.name].instances = reports[
-                    node.name
-                ]
+                state = self._nodes[node.name]
+                state.last_seen, state.instances = reports[node.name]
         self._reservations: dict[str, Reservation] = {}
         self._poll_pool = ThreadPoolExecutor(config.poll_workers, "cc-poll")
         self._dispatch_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-dispatch")
@@ -119,14 +119,13 @@ class ClusterController:
             state = self._nodes.get(name)
             if state is None:
                 raise NodeNotFound(f"node {name} is not registered")
-            live = sorted(
-                i for i, v in state.instances.items() if v["state"]["name"] != TERMINATED
-            ) + sorted(r.instance_id for r in self._reservations.values() if r.node == name)
-            if live and not force:
-                raise NodeInUse(f"node {name} still holds instances {live} (force to forget them)")
-            for instance_id in [
-                r.instance_id for r in self._reservations.values() if r.node == name
-            ]:
+            held = sorted(r.instance_id for r in self._reservations.values() if r.node == name)
+            live = sorted(i for i, v in state.instances.items() if v["state"]["name"] != TERMINATED)
+            if (live or held) and not force:
+                raise NodeInUse(
+                    f"node {name} still holds instances {live + held} (force to forget them)"
+                )
+            for instance_id in held:
                 del self._reservations[instance_id]
             self.registry.remove(name)
             del self._nodes[name]
@@ -257,7 +256,9 @@ class ClusterController:
             raise InstanceAlreadyExists(f"instance ids repeat within the request: {ids}")
         started = time.perf_counter()
         with self._lock:
-            if clash := sorted(set(ids) & set(self._views())):
+            # reported by a node, or reserved by a request still under way
+            known = {i for s in self._nodes.values() for i in s.instances}
+            if clash := sorted(set(ids) & (known | set(self._reservations))):
                 raise InstanceAlreadyExists(f"instances {clash} already exist in this cluster")
             candidates = self._candidates()
             nodes = scheduler.place(self.policy, [vm] * len(ids), candidates)
@@ -367,7 +368,9 @@ class ClusterController:
                 state.health = Health.UNREACHABLE
 
     def _next_node(self, instance_id: str, vm: VmType, tried: list[str], error: MalleeError) -> str:
-        """Move the reservation to the next candidate the policy picks."""
+        """Reserve on the next candidate the policy picks. (The old reservation may be
+        gone already: a poll that listed the instance while the failed node staged it
+        released it.)"""
         with self._lock:
             candidate = self.policy.choose(vm, self._candidates(exclude=tried))
             if candidate is None:
@@ -375,7 +378,7 @@ class ClusterController:
                     f"instance {instance_id} failed on {tried} "
                     f"(last: {error.code}: {error.message}); no other node has room"
                 )
-            self._reservations[instance_id].node = candidate.name
+            self._reservations[instance_id] = Reservation(instance_id, candidate.name, vm)
             return candidate.name
 
     def _roll_back(self, placed: list[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from mallee.cc.service import ClusterController
 from mallee.common.capacity import VmType
 from mallee.common.config import CcConfig
 from mallee.common.errors import (
+    InstanceAlreadyExists,
     InstanceNotFound,
     InsufficientResources,
     MalleeError,
@@ -234,3 +235,43 @@ def test_a_node_gone_for_good_is_forgotten_only_by_force(tmp_path: Path) -> None
     cluster.cc.deregister_node("a", force=True)
     assert cluster.cc.describe_nodes() == []
     assert cluster.cc.describe_instances([]) == []
+
+
+def test_an_id_still_being_run_is_a_duplicate(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2, b=2)
+    nc = cluster.ncs["a"]
+    real_handle = nc.handle
+    seen: list[str] = []
+
+    def run_it_again_meanwhile(method: str, path: str, body: Any) -> Any:
+        if method == "POST" and not seen:
+            seen.append("once")
+            with pytest.raises(InstanceAlreadyExists):
+                cluster.run(iid(1))  # the same id, while its first run is under way
+        return real_handle(method, path, body)
+
+    nc.handle = run_it_again_meanwhile  # type: ignore[method-assign]
+    cluster.run(iid(1))
+    assert seen and cluster.ncs["b"].instances == {}
+
+
+def test_failure_after_a_poll_saw_it_staging_still_moves_on(tmp_path: Path) -> None:
+    """The NC lists an instance while it stages it; a poll then releases the CC's
+    reservation. If the launch fails after that, the instance must still move on."""
+    cluster = Cluster(tmp_path, a=2, b=2)
+    nc = cluster.ncs["a"]
+
+    def stage_poll_then_fail(method: str, path: str, body: Any) -> Any:
+        if method == "POST":
+            nc.instances[body["instance_id"]] = {
+                "instance_id": body["instance_id"],
+                "state": {"name": "pending", "code": 0},
+            }
+            cluster.cc.poll()
+            del nc.instances[body["instance_id"]]
+            raise RemoteError(500, "LaunchFailed", "disk full")
+        return FakeNc.handle(nc, method, path, body)
+
+    nc.handle = stage_poll_then_fail  # type: ignore[method-assign]
+    [view] = cluster.run(iid(1))
+    assert view["node"] == "b"
