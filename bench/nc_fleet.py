@@ -2,13 +2,16 @@
 test driver, each on its own port, all served by one gunicorn.
 
 Run as ``python -m bench.nc_fleet --count N --workdir DIR --ca CA --cert C --key K``;
-it writes ``DIR/ports.json`` once it serves.
+it writes ``DIR/ports.json`` once every port is bound. The listening sockets are bound
+here, before gunicorn starts, and handed to it (``fd://``): picking free ports first and
+binding them later let two NCs draw the same port, and the fleet served fewer than N.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 from mallee.common.config import CommonConfig
 from mallee.common.server import GunicornApp, gunicorn_options
 from mallee.nc.app import create_app
-from tests.support.daemons import free_port
+from mallee.nc.config import NcConfig
 
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -30,9 +33,10 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     args = parser.parse_args()
     common = {"tls": True, "ca_cert": args.ca, "log_level": "WARNING"}
+    listeners = [socket.create_server(("127.0.0.1", 0), backlog=128) for _ in range(args.count)]
+    ports = [int(listener.getsockname()[1]) for listener in listeners]
     apps = {}
-    for n in range(args.count):
-        port = free_port()
+    for n, port in enumerate(ports):
         node = args.workdir / f"nc{n}"
         apps[str(port)] = create_app(
             {
@@ -55,11 +59,12 @@ def main() -> None:
         return apps[port](environ, start_response)
 
     options = gunicorn_options(
-        CommonConfig(log_level="WARNING", ca_cert=args.ca), "127.0.0.1", 0, 64, args.cert, args.key
+        CommonConfig(log_level="WARNING", ca_cert=args.ca),
+        NcConfig(threads=64, tls_cert=args.cert, tls_key=args.key),
     )
-    options["bind"] = [f"127.0.0.1:{port}" for port in apps]
+    options["bind"] = [f"fd://{listener.fileno()}" for listener in listeners]
     options["accesslog"] = None
-    (args.workdir / "ports.json").write_text(json.dumps([int(p) for p in apps]))
+    (args.workdir / "ports.json").write_text(json.dumps(ports))
     GunicornApp(lambda: dispatch, options).run()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import flask
 
 from mallee.cc import api
+from mallee.cc.config import CcConfig
 from mallee.cc.service import ClusterController
 from mallee.common import config, log, rpc
 from mallee.common.metrics import Metrics
@@ -20,7 +21,7 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flask.Flask:
     """``overrides`` maps sections to keys, as in the config file: ``{"cc": {...}}``."""
-    common, cc_config = config.load("cc", overrides)
+    common, cc_config = config.load(CcConfig, overrides)
     log.setup(common.log_level)
     app = flask.Flask(__name__)
     metrics = Metrics("mallee")
@@ -29,7 +30,7 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     )
     cc = ClusterController(cc_config, tls_files, metrics)
     app.extensions["mallee.cc"] = cc
-    rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, cc_config.allowed_clients, metrics)
-    app.register_blueprint(api.bp)
+    rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, metrics)
+    rpc.register_blueprint(app, api.bp, roles=cc_config.allowed_clients)
     Periodic("cc-poller", cc_config.poll_interval_s, cc.poll).start()
     return app

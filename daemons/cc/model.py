@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mallee.common.capacity import Capacity, VmType
+from mallee.nc.client import NcInstance
 
 
 class Health(enum.StrEnum):
     UNKNOWN = "unknown"  # registered, not polled yet
     UP = "up"  # the last poll was answered
+    DEGRADED = "degraded"  # the NC answers, but its libvirt does not: it can run nothing
     UNREACHABLE = "unreachable"  # the last poll failed, for less than down_after_s
     DOWN = "down"  # no answer for down_after_s or more
 
@@ -28,24 +30,22 @@ class Node:
 
 @dataclass
 class NodeState:
-    """What the last polls said about a node. Guarded by the CC's lock."""
+    """What the last polls said about a node. Guarded by the CC's lock. Times used for
+    ordering and for ``down_after_s`` are monotonic; ``last_seen`` is for people."""
 
     node: Node
     health: Health = Health.UNKNOWN
-    last_seen: float | None = None
+    last_seen: float | None = None  # wall clock of the last answer
+    last_answer: float | None = None  # monotonic, of the same
     last_error: str = ""
     most: Capacity | None = None
     available: Capacity | None = None
-    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
-    poll_started: float = 0.0  # when the poll last applied (answered or failed) began
+    instances: dict[str, NcInstance] = field(default_factory=dict)
+    poll_started: float = float("-inf")  # when the poll last applied began (monotonic)
 
     def to_api(self) -> dict[str, Any]:
         def capacity(c: Capacity | None) -> dict[str, int] | None:
-            return (
-                None
-                if c is None
-                else {"cores": c.cores, "memory_mb": c.memory_mb, "disk_gb": c.disk_gb}
-            )
+            return None if c is None else asdict(c)
 
         return {
             "name": self.node.name,
@@ -59,6 +59,27 @@ class NodeState:
         }
 
 
+def instance_view(instance: NcInstance, node: str, reachable: bool) -> dict[str, Any]:
+    """The CC's answer about an instance: what its NC said, where it is, and whether
+    that node answers now (else the state is the last one reported)."""
+    return {
+        "instance_id": instance.instance_id,
+        "reservation_id": instance.reservation_id,
+        "owner_id": instance.owner_id,
+        "vm_type": asdict(instance.vm_type),
+        "image_id": instance.image_id,
+        "kernel_id": instance.kernel_id,
+        "ramdisk_id": instance.ramdisk_id,
+        "net": instance.net,
+        "state": instance.state,
+        "state_reason": instance.state_reason,
+        "failure": asdict(instance.failure) if instance.failure else None,
+        "launch_time": instance.launch_time,
+        "node": node,
+        "reachable": reachable,
+    }
+
+
 @dataclass
 class Reservation:
     """Resources held on a node for an instance the node has not reported yet.
@@ -70,5 +91,5 @@ class Reservation:
     instance_id: str
     node: str
     vm_type: VmType
-    view: dict[str, Any] | None = None  # the NC's answer to runInstance
-    dispatched_at: float | None = None
+    view: NcInstance | None = None  # the NC's last word on it while dispatching
+    dispatched_at: float | None = None  # monotonic

@@ -18,6 +18,7 @@ class NodeRegistry:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._saved: dict[str, float] = {}  # per node, when the poll saved last began
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
@@ -44,14 +45,20 @@ class NodeRegistry:
             rows = self._db.execute("SELECT name, last_seen, instances FROM reports").fetchall()
         return {name: (seen, json.loads(instances)) for name, seen, instances in rows}
 
-    def save_report(self, name: str, last_seen: float, instances: dict[str, Any]) -> None:
+    def save_report(
+        self, name: str, polled_at: float, last_seen: float, instances: dict[str, Any]
+    ) -> None:
         """Keep a node's instances, so a CC restarted while the node is down still
-        lists them (as unreachable)."""
+        lists them (as unreachable). ``polled_at`` (monotonic: when the poll began)
+        orders reports, so one arriving late never replaces a newer one, whatever the
+        wall clock did; ``last_seen`` (wall clock) is for people to read."""
         with self._lock:
-            self._db.execute(  # an older report arriving late never replaces a newer one
+            if polled_at < self._saved.get(name, float("-inf")):
+                return
+            self._saved[name] = polled_at
+            self._db.execute(
                 "INSERT INTO reports VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
-                " SET last_seen = excluded.last_seen, instances = excluded.instances"
-                " WHERE excluded.last_seen > reports.last_seen",
+                " SET last_seen = excluded.last_seen, instances = excluded.instances",
                 (name, last_seen, json.dumps(instances)),
             )
 
@@ -74,6 +81,7 @@ class NodeRegistry:
 
     def remove(self, name: str) -> None:
         with self._lock:
+            self._saved.pop(name, None)
             self._db.execute("DELETE FROM reports WHERE name = ?", (name,))
             if self._db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount == 0:
                 raise NodeNotFound(f"node {name} is not registered")

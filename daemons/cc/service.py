@@ -5,11 +5,13 @@ poll that keeps the CC's picture of its NCs.
 What the NCs report is ground truth: the CC keeps only each node's last report (so a
 restart while a node is down still lists its instances), and its first poll refreshes
 them. One lock guards the node states and reservations; no call to an NC is made
-while holding it.
+while holding it. Times that order events are monotonic, so a step of the wall clock
+changes nothing a caller sees.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -20,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from mallee.cc import scheduler
-from mallee.cc.model import Health, Node, NodeState, Reservation
+from mallee.cc.config import CcConfig
+from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
 from mallee.cc.registry import NodeRegistry
-from mallee.common.capacity import Capacity, VmType
-from mallee.common.config import CcConfig
+from mallee.common.capacity import VmType
 from mallee.common.errors import (
+    HypervisorUnavailable,
     InstanceAlreadyExists,
     InstanceNotFound,
     InsufficientResources,
@@ -32,19 +35,17 @@ from mallee.common.errors import (
     MalleeError,
     NodeInUse,
     NodeNotFound,
+    NodesUnavailable,
 )
 from mallee.common.metrics import Metrics
-from mallee.common.rpc import ClientTLS, RpcClient, Unreachable
+from mallee.common.rpc import ClientTLS, RemoteError, RpcClient, Unreachable
+from mallee.nc.client import NcClient, NcInstance
+from mallee.nc.model import NcState
 
 logger = logging.getLogger(__name__)
 
-TERMINATED = "terminated"
-
-
-def _capacity(resource: dict[str, int], which: str) -> Capacity:
-    return Capacity(
-        resource[f"cores_{which}"], resource[f"memory_mb_{which}"], resource[f"disk_gb_{which}"]
-    )
+# How often a dispatch asks the NC how its launch goes.
+LAUNCH_POLL_S = 0.25
 
 
 def _as_error(error: Exception) -> MalleeError:
@@ -54,14 +55,23 @@ def _as_error(error: Exception) -> MalleeError:
     return LaunchFailed(f"{type(error).__name__}: {error}")
 
 
+class _LaunchLost(Exception):
+    """The NC may hold the instance, and the CC cannot make sure it does not: sending
+    it elsewhere could run it twice."""
+
+    def __init__(self, error: MalleeError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 @dataclass(frozen=True)
 class NodeClients:
-    """Three clients per node: polls never retry (a cycle must stay bounded), runs may
-    take long (an image download), other calls sit between."""
+    """Three clients per node: polls never retry (a cycle must stay bounded), runs are
+    never repeated (not idempotent), other calls retry what is safe."""
 
-    poll: RpcClient
-    run: RpcClient
-    call: RpcClient
+    poll: NcClient
+    run: NcClient
+    call: NcClient
 
 
 class ClusterController:
@@ -76,7 +86,7 @@ class ClusterController:
         self.metrics = metrics
         self._tls = tls_files
         self._make_client = make_client
-        self._started = time.time()
+        self._started = time.monotonic()
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
         self.policy = scheduler.policy(config.scheduler)
         self._lock = threading.Lock()
@@ -87,20 +97,30 @@ class ClusterController:
             self._add(node)
             if node.name in reports:  # last known, until the first poll of this CC
                 state = self._nodes[node.name]
-                state.last_seen, state.instances = reports[node.name]
+                state.last_seen, instances = reports[node.name]
+                state.instances = {i: NcInstance.from_api(v) for i, v in instances.items()}
         self._reservations: dict[str, Reservation] = {}
         self._poll_pool = ThreadPoolExecutor(config.poll_workers, "cc-poll")
         self._dispatch_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-dispatch")
+        # terminate, reboot: never queued behind dispatches that wait on launches
+        self._call_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-call")
 
     def _add(self, node: Node) -> None:
         """Track a registered node. Lock held (or not yet shared)."""
         poll_timeout = (self.config.poll_timeout_s, self.config.poll_timeout_s)
         self._nodes[node.name] = NodeState(node)
         self._clients[node.name] = NodeClients(
-            poll=self._make_client(node.url, self._tls, timeout=poll_timeout, retries=0),
-            run=self._make_client(node.url, self._tls, timeout=(3.05, self.config.run_timeout_s)),
-            call=self._make_client(node.url, self._tls, timeout=(3.05, 60.0)),
+            poll=NcClient(self._make_client(node.url, self._tls, timeout=poll_timeout, retries=0)),
+            run=NcClient(self._make_client(node.url, self._tls, timeout=(3.05, 60.0))),
+            call=NcClient(self._make_client(node.url, self._tls, timeout=(3.05, 60.0))),
         )
+
+    def _node_clients(self, node: str) -> NodeClients:
+        with self._lock:
+            clients = self._clients.get(node)
+        if clients is None:
+            raise NodeNotFound(f"node {node} is not registered")
+        return clients
 
     # -- the node registry --------------------------------------------------------------
 
@@ -120,7 +140,9 @@ class ClusterController:
             if state is None:
                 raise NodeNotFound(f"node {name} is not registered")
             held = sorted(r.instance_id for r in self._reservations.values() if r.node == name)
-            live = sorted(i for i, v in state.instances.items() if v["state"]["name"] != TERMINATED)
+            live = sorted(
+                i for i, v in state.instances.items() if v.nc_state is not NcState.TERMINATED
+            )
             if (live or held) and not force:
                 raise NodeInUse(
                     f"node {name} still holds instances {live + held} (force to forget them)"
@@ -143,7 +165,7 @@ class ClusterController:
 
     def poll(self) -> float:
         """One cycle: every node at once (up to poll_workers), each call bounded by
-        poll_timeout_s and never retried. Returns how long the cycle took."""
+        poll_timeout_s and never retried. Returns the cycle's duration."""
         started = time.monotonic()
         with self._lock:
             names = list(self._nodes)
@@ -158,18 +180,17 @@ class ClusterController:
             clients = self._clients.get(name)
         if state is None or clients is None:
             return  # deregistered meanwhile
-        started = time.time()
+        started = time.monotonic()
         try:
             # Instances first, then resources: an instance seen in the list is then
             # also counted in the figures, so a reservation released for it is never
             # counted twice nor lost.
-            instances = clients.poll.call("GET", "/v1/instances")["instances"]
-            resource = clients.poll.call("GET", "/v1/resource")
-            most, available = _capacity(resource, "max"), _capacity(resource, "available")
-            report = {i["instance_id"]: i for i in instances}
+            instances = clients.poll.describe_instances()
+            resource = clients.poll.describe_resource()
         except Exception as e:
             self._poll_failed(state, _as_error(e), started)
             return
+        report = {i.instance_id: i for i in instances}
         with self._lock:
             # Apply only to the node as it was when this poll began, and never over a
             # report from a poll that began later.
@@ -177,30 +198,41 @@ class ClusterController:
                 return
             state.poll_started = started
             state.health = Health.UP
-            state.last_seen = time.time()
+            state.last_seen, state.last_answer = time.time(), time.monotonic()
             state.last_error = ""
             changed = report != state.instances
             state.instances = report
-            state.most, state.available = most, available
+            state.most, state.available = resource.maximum, resource.available
             for r in [r for r in self._reservations.values() if r.node == name]:
                 reported = r.instance_id in report
                 vanished = r.dispatched_at is not None and started > r.dispatched_at
                 if reported or vanished:
                     del self._reservations[r.instance_id]
+            last_seen = state.last_seen
         if changed:
-            self.registry.save_report(name, started, report)
+            saved = {i: v.to_api() for i, v in report.items()}
+            self.registry.save_report(name, started, last_seen, saved)
 
     def _poll_failed(self, state: NodeState, error: MalleeError, started: float) -> None:
+        """A node whose NC answers that its libvirt does not is degraded: it keeps its
+        last report, shown as not reachable. One that does not answer is unreachable,
+        then down."""
         with self._lock:
             if self._nodes.get(state.node.name) is not state or started < state.poll_started:
                 return
             state.poll_started = started
-            # silent since its last answer, but never counted from before this CC began
-            since = max(state.last_seen or state.node.registered_at, self._started)
-            down = time.time() - since >= self.config.down_after_s
-            if state.health is not Health.DOWN:
-                logger.warning("node %s: %s", state.node.name, error.message)
-            state.health = Health.DOWN if down else Health.UNREACHABLE
+            now = time.monotonic()
+            if error.code == HypervisorUnavailable.code:
+                health = Health.DEGRADED
+                state.last_seen, state.last_answer = time.time(), now
+            else:
+                # silent since its last answer, never counted from before this CC began
+                since = state.last_answer or self._started
+                down = now - since >= self.config.down_after_s
+                health = Health.DOWN if down else Health.UNREACHABLE
+            if state.health is not health:
+                logger.warning("node %s is %s: %s", state.node.name, health, error.message)
+            state.health = health
             state.last_error = error.message
 
     # -- capacity -----------------------------------------------------------------------
@@ -223,6 +255,14 @@ class ClusterController:
                 scheduler.Candidate(state.node.name, state.node.position, state.most, free)
             )
         return candidates
+
+    def _not_up(self) -> str:
+        """The nodes that cannot take instances now, and why. Lock held."""
+        return ", ".join(
+            f"{s.node.name} ({s.health.value}{': ' + s.last_error if s.last_error else ''})"
+            for s in self._ordered()
+            if s.health is not Health.UP
+        )
 
     def describe_resources(self, vm_types: list[VmType]) -> list[dict[str, Any]]:
         """For each type: how many fit at once now (``available``), and on empty nodes
@@ -264,17 +304,22 @@ class ClusterController:
             nodes = scheduler.place(self.policy, [vm] * len(ids), candidates)
             if nodes is None:
                 room = sum(c.free.how_many(vm) for c in candidates)
-                raise InsufficientResources(
+                message = (
                     f"{len(ids)} instances of {vm.name} ({vm.cores} cores, {vm.memory_mb} MiB, "
                     f"{vm.disk_gb} GiB) do not fit: the cluster has room for {room} now"
                 )
+                if not_up := self._not_up():
+                    raise NodesUnavailable(f"{message}; nodes not available: {not_up}")
+                raise InsufficientResources(message)
             for instance_id, node in zip(ids, nodes, strict=True):
                 self._reservations[instance_id] = Reservation(instance_id, node, vm)
         self.metrics.observe("cc_schedule", time.perf_counter() - started)
 
         common = {k: v for k, v in request.items() if k != "instances"}
-        futures = [
-            self._dispatch_pool.submit(self._dispatch, {**common, **item}, vm, node)
+        futures = [  # each in a copy of this context: the NCs log the caller's request id
+            self._dispatch_pool.submit(
+                contextvars.copy_context().run, self._dispatch, {**common, **item}, vm, node
+            )
             for item, node in zip(request["instances"], nodes, strict=True)
         ]
         outcomes: list[dict[str, Any] | MalleeError] = []
@@ -300,42 +345,83 @@ class ClusterController:
         try:
             while True:
                 tried.append(node)
-                with self._lock:
-                    client = self._clients[node].run
                 try:
-                    answer: dict[str, Any] = client.call("POST", "/v1/instances", body)
+                    instance = self._launch_on(node, body)
+                except _LaunchLost as lost:
+                    # Keep the reservation; the next poll of the node settles it
+                    # (listed: a real instance; not listed: released).
+                    keep_reservation = True
+                    self._mark(node, instance_id, lost.error)
+                    with self._lock:
+                        if instance_id in self._reservations:
+                            self._reservations[instance_id].dispatched_at = time.monotonic()
+                    error = lost.error
+                    raise RemoteError(
+                        error.status,
+                        error.code,
+                        f"{error.message}; node {node} may still hold {instance_id}, so it "
+                        "was run on no other node: describeInstances shows what became of "
+                        "it once the node answers, and a terminate ends it",
+                    ) from None
                 except MalleeError as e:
-                    if (
-                        isinstance(e, Unreachable)
-                        and e.maybe_delivered
-                        and not self._absent(node, instance_id)
-                    ):
-                        # The NC may have made it: sending it elsewhere could run it
-                        # twice. Keep the reservation; the next poll of the node settles
-                        # it (listed: a real instance; not listed: released).
-                        keep_reservation = True
-                        self._mark(node, instance_id, e)
-                        with self._lock:
-                            if instance_id in self._reservations:
-                                self._reservations[instance_id].dispatched_at = time.time()
-                        raise
                     if not self._node_at_fault(e):
-                        raise
+                        raise  # the request's fault: it would fail on every node
                     self._mark(node, instance_id, e)
                     node = self._next_node(instance_id, vm, tried, e)
                     continue
-                view = {**answer, "node": node, "reachable": True}
-                with self._lock:
-                    reservation = self._reservations.get(instance_id)
-                    if reservation is not None:
-                        reservation.view = view
-                        reservation.dispatched_at = time.time()
+                self._dispatched(instance_id, instance)
                 keep_reservation = True
-                return view
+                return instance_view(instance, node, True)
         finally:
             if not keep_reservation:
                 with self._lock:
                     self._reservations.pop(instance_id, None)
+
+    def _launch_on(self, node: str, body: dict[str, Any]) -> NcInstance:
+        """runInstance on ``node``, then wait (up to run_timeout_s) for the launch's
+        outcome: the instance running, its failure raised as the NC's error, or
+        _LaunchLost when the CC cannot tell whether the node holds it."""
+        instance_id = body["instance_id"]
+        clients = self._node_clients(node)
+        try:
+            pending = clients.run.run_instance(body)
+        except Unreachable as e:
+            if e.maybe_delivered and not self._absent(node, instance_id):
+                raise _LaunchLost(e) from e
+            raise
+        self._dispatched(instance_id, pending)  # listed, and terminable, while pending
+        deadline = time.monotonic() + self.config.run_timeout_s
+        while True:
+            try:
+                [instance] = clients.call.describe_instances([instance_id])
+            except MalleeError as e:  # the node stopped answering, or its libvirt did
+                if not self._absent(node, instance_id):
+                    raise _LaunchLost(e) from e
+                raise
+            if instance.nc_state is NcState.RUNNING:
+                return instance
+            if instance.nc_state is NcState.TERMINATED:
+                if instance.failure is None:
+                    return instance  # terminated by a caller while it launched
+                failure = instance.failure
+                raise RemoteError(failure.status, failure.code, failure.message)
+            if time.monotonic() > deadline:
+                slow = LaunchFailed(
+                    f"node {node} did not launch {instance_id} within "
+                    f"{self.config.run_timeout_s:.0f} s (run_timeout_s)"
+                )
+                if not self._absent(node, instance_id):
+                    raise _LaunchLost(slow)
+                raise slow
+            time.sleep(LAUNCH_POLL_S)
+
+    def _dispatched(self, instance_id: str, instance: NcInstance) -> None:
+        """The NC's latest word on an instance it holds, until a poll reports it."""
+        with self._lock:
+            reservation = self._reservations.get(instance_id)
+            if reservation is not None:
+                reservation.view = instance
+                reservation.dispatched_at = time.monotonic()
 
     @staticmethod
     def _node_at_fault(error: MalleeError) -> bool:
@@ -346,14 +432,12 @@ class ClusterController:
         return error.status >= 500 or error.code == InsufficientResources.code
 
     def _absent(self, node: str, instance_id: str) -> bool:
-        """After an answer that never came: make sure the node does not hold it."""
-        with self._lock:
-            client = self._clients[node].call
+        """Make sure the node does not hold the instance (terminating it there)."""
         try:
-            client.call("DELETE", f"/v1/instances/{instance_id}")
+            instance = self._node_clients(node).call.terminate_instance(instance_id)
         except MalleeError as e:
             return e.code == InstanceNotFound.code
-        return True  # it did; now it is terminated there
+        return instance.nc_state is NcState.TERMINATED
 
     def _mark(self, node: str, instance_id: str, error: MalleeError) -> None:
         """A node that failed a run: out of scheduling until its next good poll (unless
@@ -364,20 +448,27 @@ class ClusterController:
             if state is None:
                 return
             state.last_error = f"runInstance {instance_id}: {error.message}"
-            if error.code != InsufficientResources.code and state.health is Health.UP:
+            if error.code == InsufficientResources.code or state.health is not Health.UP:
+                return
+            if error.code == HypervisorUnavailable.code:
+                state.health = Health.DEGRADED
+            else:
                 state.health = Health.UNREACHABLE
 
     def _next_node(self, instance_id: str, vm: VmType, tried: list[str], error: MalleeError) -> str:
         """Reserve on the next candidate the policy picks. (The old reservation may be
         gone already: a poll that listed the instance while the failed node staged it
-        released it.)"""
+        released it.) None left: the error says why the last one failed."""
         with self._lock:
             candidate = self.policy.choose(vm, self._candidates(exclude=tried))
             if candidate is None:
-                raise InsufficientResources(
+                message = (
                     f"instance {instance_id} failed on {tried} "
                     f"(last: {error.code}: {error.message}); no other node has room"
                 )
+                if error.code == InsufficientResources.code:
+                    raise InsufficientResources(message)
+                raise NodesUnavailable(message)
             self._reservations[instance_id] = Reservation(instance_id, candidate.name, vm)
             return candidate.name
 
@@ -386,7 +477,7 @@ class ClusterController:
         reservation, so the next poll lists it: it is never lost from sight."""
         for view in placed:
             try:
-                self._call(view["node"], "DELETE", f"/v1/instances/{view['instance_id']}")
+                self._node_clients(view["node"]).call.terminate_instance(view["instance_id"])
             except MalleeError:
                 logger.exception("rolling back %s", view["instance_id"])
                 continue
@@ -397,18 +488,19 @@ class ClusterController:
 
     def _views(self) -> dict[str, dict[str, Any]]:
         """Every instance the cluster knows: as its node last reported it, or as its NC
-        answered runInstance when no poll has reported it yet. Lock held."""
+        answered while no poll has reported it yet. Lock held."""
         views: dict[str, dict[str, Any]] = {}
         for state in self._ordered():
             reachable = state.health is Health.UP
-            for instance_id, view in state.instances.items():
-                if instance_id in views and view["state"]["name"] == TERMINATED:
+            for instance_id, instance in state.instances.items():
+                if instance_id in views and instance.nc_state is NcState.TERMINATED:
                     continue  # terminated here after it moved: the live one is the one
-                views[instance_id] = {**view, "node": state.node.name, "reachable": reachable}
+                views[instance_id] = instance_view(instance, state.node.name, reachable)
         for r in self._reservations.values():
             if r.view is not None and r.instance_id not in views:
-                health = self._nodes[r.node].health if r.node in self._nodes else Health.DOWN
-                views[r.instance_id] = {**r.view, "reachable": health is Health.UP}
+                node = self._nodes.get(r.node)
+                up = node is not None and node.health is Health.UP
+                views[r.instance_id] = instance_view(r.view, r.node, up)
         return views
 
     def _find(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -425,38 +517,38 @@ class ClusterController:
                 return list(self._views().values())
         return list(self._find(instance_ids).values())
 
-    def _call(self, node: str, method: str, path: str) -> Any:
-        with self._lock:
-            clients = self._clients.get(node)
-        if clients is None:
-            raise NodeNotFound(f"node {node} is not registered")
-        return clients.call.call(method, path)
-
-    def _fan_out(self, instance_ids: list[str], method: str, suffix: str) -> list[dict[str, Any]]:
+    def _fan_out(
+        self, instance_ids: list[str], operation: Callable[[NcClient, str], NcInstance]
+    ) -> list[dict[str, Any]]:
         """Call each instance's NC at once; one result per instance, errors included."""
         nodes = {i: v["node"] for i, v in self._find(instance_ids).items()}
 
         def one(instance_id: str) -> dict[str, Any]:
             node = nodes[instance_id]
             try:
-                view = self._call(node, method, f"/v1/instances/{instance_id}{suffix}")
+                instance = operation(self._node_clients(node).call, instance_id)
             except MalleeError as e:
                 return {
                     "instance_id": instance_id,
                     "node": node,
                     "error": {"code": e.code, "message": e.message},
                 }
+            view = instance_view(instance, node, True)
             return {"instance_id": instance_id, "node": node, "instance": view}
 
-        return list(self._dispatch_pool.map(one, instance_ids))
+        futures = [
+            self._call_pool.submit(contextvars.copy_context().run, one, instance_id)
+            for instance_id in instance_ids
+        ]
+        return [future.result() for future in futures]
 
     def terminate_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
-        return self._fan_out(instance_ids, "DELETE", "")
+        return self._fan_out(instance_ids, NcClient.terminate_instance)
 
     def reboot_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
-        return self._fan_out(instance_ids, "POST", "/reboot")
+        return self._fan_out(instance_ids, NcClient.reboot_instance)
 
     def console_output(self, instance_id: str) -> dict[str, Any]:
         node = self._find([instance_id])[instance_id]["node"]
-        answer: dict[str, Any] = self._call(node, "GET", f"/v1/instances/{instance_id}/console")
-        return answer
+        output = self._node_clients(node).call.get_console_output(instance_id)
+        return {"instance_id": instance_id, "output": output}

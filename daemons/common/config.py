@@ -1,25 +1,30 @@
 """One TOML file per host (``/etc/mallee/mallee.conf``), one section per component.
 
-Every key has a default here and a comment in ``etc/mallee.conf.example``; a test keeps
-the two in step. Unknown keys and wrongly typed values are errors naming the key, so a
-typo in the file never silently falls back to a default.
+This module holds the loader, ``[common]`` and the keys every daemon's section shares
+(``DaemonConfig``); each daemon defines its own section beside its code
+(``mallee.nc.config``, ``mallee.cc.config``) and passes it to ``load``. Every key has a
+default there and a comment in ``etc/mallee.conf.example``; a test keeps the two in
+step. Unknown keys and wrongly typed values are errors naming the key, so a typo in the
+file never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 DEFAULT_PATH = Path("/etc/mallee/mallee.conf")
 PATH_ENV = "MALLEE_CONFIG"
+# Sections a host's file may hold: one host runs several components, and each daemon
+# reads only its own section and [common].
+SECTION_NAMES = frozenset({"common", "nc", "cc", "clc", "vde"})
 
 
 class ConfigError(ValueError):
@@ -28,62 +33,37 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CommonConfig:
+    section_name: ClassVar[str] = "common"
+
     log_level: str = "INFO"
     # Mutual TLS between components; false only for loopback development and tests.
     tls: bool = True
     ca_cert: str = "/etc/mallee/tls/ca.pem"
 
 
-@dataclass(frozen=True)
-class NcConfig:
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """The keys of every daemon's section: where it listens, how many calls it serves at
+    once, its certificate, and the roles that may call its API. Each daemon's section
+    extends this and gives the defaults without one here."""
+
+    section_name: ClassVar[str]
+
     listen: str = "0.0.0.0"
-    port: int = 8775
-    threads: int = 16
-    tls_cert: str = "/etc/mallee/tls/nc.pem"
-    tls_key: str = "/etc/mallee/tls/nc.key"
-    allowed_clients: list[str] = field(default_factory=lambda: ["cc"])
-    node_name: str = field(default_factory=socket.gethostname)
-    libvirt_uri: str = "qemu:///system"
-    hypervisor: str = "auto"
-    instance_dir: str = "/var/lib/mallee/nc/instances"
-    image_cache_dir: str = "/var/lib/mallee/nc/images"
-    image_cache_mb: int = 20480
-    image_fetch_timeout_s: int = 600
-    cpu_overcommit: float = 1.0
-    max_cores: int = 0
-    max_memory_mb: int = 0
-    max_disk_gb: int = 0
-    reserved_memory_mb: int = 512
-    swap_mb: int = 512
-    kernel_cmdline: str = ""
-    public_bridge: str = ""
-    private_bridge_prefix: str = "mlvlan"
-    monitor_interval_s: float = 5.0
-    terminated_retention_s: int = 3600
-    console_max_bytes: int = 65536
+    port: int
+    threads: int
+    tls_cert: str
+    tls_key: str
+    allowed_clients: list[str]
+
+    def ports(self) -> list[int]:
+        """Every port the daemon listens on (on ``listen``). A daemon serving several
+        (the CLC: EC2 API and admin console) adds its others here."""
+        return [self.port]
 
 
-@dataclass(frozen=True)
-class CcConfig:
-    listen: str = "0.0.0.0"
-    port: int = 8774
-    threads: int = 32
-    tls_cert: str = "/etc/mallee/tls/cc.pem"
-    tls_key: str = "/etc/mallee/tls/cc.key"
-    allowed_clients: list[str] = field(default_factory=lambda: ["clc", "admin"])
-    state_dir: str = "/var/lib/mallee/cc"
-    scheduler: str = "first-fit"
-    poll_interval_s: float = 5.0
-    poll_timeout_s: float = 3.0
-    poll_workers: int = 32
-    down_after_s: float = 15.0
-    run_timeout_s: float = 600.0
-    dispatch_workers: int = 16
-
-
-SECTIONS: dict[str, type[Any]] = {"common": CommonConfig, "nc": NcConfig, "cc": CcConfig}
-
-C = TypeVar("C")
+Section = TypeVar("Section")
+Daemon = TypeVar("Daemon", bound=DaemonConfig)
 
 
 def config_path() -> Path:
@@ -100,13 +80,13 @@ def read_file(path: Path | None = None) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    unknown = set(data) - set(SECTIONS) - {"clc", "vde"}
+    unknown = set(data) - SECTION_NAMES
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
     return data
 
 
-def section(cls: type[C], values: Mapping[str, Any], where: str) -> C:
+def section(cls: type[Section], values: Mapping[str, Any], where: str) -> Section:
     """Build a section dataclass from ``values``, checking names and types."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -134,13 +114,16 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def load(
-    component: str, overrides: Mapping[str, Mapping[str, Any]] | None = None
-) -> tuple[CommonConfig, Any]:
-    """Defaults, then the host's file, then ``overrides`` (tests), for ``component``."""
+    daemon: type[Daemon], overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[CommonConfig, Daemon]:
+    """``[common]`` and the daemon's section: defaults, then the host's file, then
+    ``overrides`` (tests), which map section names to keys as the file does."""
     data = read_file()
     overrides = overrides or {}
-    sections = []
-    for name in ("common", component):
-        merged = {**data.get(name, {}), **overrides.get(name, {})}
-        sections.append(section(SECTIONS[name], merged, name))
-    return sections[0], sections[1]
+
+    def merged(name: str) -> dict[str, Any]:
+        return {**data.get(name, {}), **overrides.get(name, {})}
+
+    common = section(CommonConfig, merged("common"), "common")
+    name = daemon.section_name
+    return common, section(daemon, merged(name), name)

@@ -138,3 +138,34 @@ class HypervisorError(MalleeError):
 
     code = "HypervisorError"
     status = 502
+
+
+class HypervisorUnavailable(MalleeError):
+    """libvirt does not answer: a fault of the node, not of the request."""
+
+    code = "HypervisorUnavailable"
+    status = 503
+
+
+class NodesUnavailable(MalleeError):
+    """The cluster is short of room because nodes that would have it are not up."""
+
+    code = "ServiceUnavailable"
+    status = 503
+
+
+class HostCommandFailed(MalleeError):
+    """A program of the node (qemu-img, mkfs, ip) failed or ran out of time: the node's
+    fault. The message names only the program: its command line and stderr, which name
+    host paths, are kept here for the caller and written to the node's log."""
+
+    code = "HostCommandFailed"
+    status = 500
+
+    def __init__(
+        self, message: str, command: tuple[str, ...], stderr: str, exit_status: int | None
+    ) -> None:
+        super().__init__(message)
+        self.command = command
+        self.stderr = stderr
+        self.exit_status = exit_status  # None: it ran out of time or could not start

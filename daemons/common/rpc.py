@@ -1,14 +1,16 @@
 """The internal RPC convention: JSON over HTTP(S), errors as ``{"error": {...}}``.
 
-Server side, ``init_app`` gives a daemon's Flask app request ids, the client-certificate
-check and the one error renderer. Client side, ``RpcClient`` adds timeouts, retries that
-are safe to repeat, the caller's request id, and turns error bodies back into types.
+Server side, ``init_app`` gives a daemon's Flask app request ids, the body size limit
+and the one error renderer, and ``register_blueprint`` serves each blueprint only to the
+callers it names, on the ports it names. Client side, ``RpcClient`` adds timeouts,
+retries that are safe to repeat, the caller's request id, and turns error bodies back
+into types.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.retry import Retry
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import NotFound as RouteNotFound
 
 from mallee.common import log, tls
 from mallee.common.errors import (
@@ -31,30 +34,49 @@ from mallee.common.openapi import OpenApiSpec
 
 logger = logging.getLogger(__name__)
 
+# The largest request body a daemon reads. Internal calls carry instance descriptions,
+# never images; the limit keeps one caller from filling a daemon's memory.
+MAX_REQUEST_BYTES = 1 << 20
+# A larger body of announced length up to this is read and dropped before the 413: most
+# clients (requests, RpcClient) send the whole body before they read the answer, and
+# would find the connection closed under them (gunicorn drains 64 KiB at most) instead
+# of seeing it. Bodies beyond this find the connection closed.
+DISCARD_BYTES = 64 << 20
+
+
+class RequestTooLarge(MalleeError):
+    code = "RequestTooLarge"
+    status = 413
+
+    def __init__(self) -> None:
+        super().__init__(f"the request body is larger than {MAX_REQUEST_BYTES} bytes")
+
 
 def init_app(
-    app: flask.Flask,
-    spec: OpenApiSpec,
-    tls_enabled: bool,
-    allowed_clients: Iterable[str],
-    metrics: Metrics | None = None,
+    app: flask.Flask, spec: OpenApiSpec, tls_enabled: bool, metrics: Metrics | None = None
 ) -> None:
-    allowed = frozenset(allowed_clients)
+    """The plumbing every daemon shares. Who may call which route is each blueprint's
+    own (``register_blueprint``); of the routes here, ``/healthz`` and
+    ``/v1/openapi.json`` (a published document) are open to anyone who reaches a port,
+    ``/metrics`` to any certificate of the cloud (monitoring shows the daemon's load)."""
     app.extensions["mallee.openapi"] = spec
+    app.extensions["mallee.tls"] = tls_enabled
+    # A body of unannounced length (chunked) is read no further than this: one byte more
+    # than accepted, so that json_body can tell a body at the limit from one beyond it.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES + 1
 
     @app.before_request
     def start_request() -> None:
         request_id = flask.request.headers.get(log.REQUEST_ID_HEADER) or log.new_request_id()
         flask.g.request_id = request_id
         flask.g.request_id_token = log.current_request_id.set(request_id)
-        if tls_enabled:
-            role = tls.peer_role(flask.request.environ)
-            if role is None:
-                raise ClientCertificateRequired("a client certificate of the cloud is required")
-            if role not in allowed:
-                raise PeerNotAllowed(
-                    f"callers of role {role!r} are not served here (allowed: {sorted(allowed)})"
-                )
+        # Refused before any route runs, whether or not it would read the body.
+        length = flask.request.content_length or 0
+        if length > MAX_REQUEST_BYTES:
+            # Drained only for callers of the cloud: a stranger makes it read nothing.
+            if length <= DISCARD_BYTES and _of_the_cloud():
+                _discard(flask.request.environ["wsgi.input"], length)
+            raise RequestTooLarge()
 
     @app.after_request
     def add_request_id(response: flask.Response) -> flask.Response:
@@ -73,13 +95,20 @@ def init_app(
 
     @app.errorhandler(HTTPException)
     def render_http_error(error: HTTPException) -> tuple[flask.Response, int]:
+        if isinstance(error, RequestEntityTooLarge):  # a chunked body over the limit
+            return render_error(RequestTooLarge())
         status = error.code or 500
         return _error_body(type(error).__name__, error.description or ""), status
 
     @app.errorhandler(Exception)
     def render_unexpected(error: Exception) -> tuple[flask.Response, int]:
+        # Its words may name host paths: they go to the log, the caller gets the type.
         logger.exception("unhandled error")
-        return _error_body("InternalError", f"{type(error).__name__}: {error}"), 500
+        message = (
+            f"the daemon failed ({type(error).__name__}); its log has the details under "
+            f"request {flask.g.get('request_id')}"
+        )
+        return _error_body("InternalError", message), 500
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -93,7 +122,58 @@ def init_app(
 
         @app.get("/metrics")
         def render_metrics() -> flask.Response:
+            _require_role(tls.ROLES)
             return flask.Response(metrics.render(), mimetype="text/plain")
+
+
+def register_blueprint(
+    app: flask.Flask,
+    bp: flask.Blueprint,
+    *,
+    roles: Collection[str],
+    ports: Collection[int] | None = None,
+) -> None:
+    """Serve ``bp`` only to callers whose certificate's role is in ``roles``, and only on
+    ``ports`` (every port the daemon listens on when None). On another port its routes
+    answer 404, as if they did not exist there. The port is the listening socket's
+    (gunicorn's ``SERVER_PORT``), not the one the caller wrote in ``Host``."""
+    app.register_blueprint(bp)
+    allowed = frozenset(roles)
+    served_on = None if ports is None else frozenset(str(p) for p in ports)
+
+    @app.before_request
+    def check_caller() -> None:
+        if bp.name not in flask.request.blueprints:
+            return
+        if served_on is not None and flask.request.environ.get("SERVER_PORT") not in served_on:
+            raise RouteNotFound()
+        _require_role(allowed)
+
+
+def _discard(stream: Any, length: int) -> None:
+    while length > 0 and (piece := stream.read(min(length, 1 << 16))):
+        length -= len(piece)
+
+
+def _of_the_cloud() -> bool:
+    """Whether the caller shows a certificate of the cloud (everyone, without TLS)."""
+    if not flask.current_app.extensions["mallee.tls"]:
+        return True
+    return tls.peer_role(flask.request.environ) is not None
+
+
+def _require_role(allowed: Collection[str]) -> None:
+    """Refuse the request unless its client certificate's role is in ``allowed``.
+    Without TLS (loopback development) nobody has a role and everyone is served."""
+    if not flask.current_app.extensions["mallee.tls"]:
+        return
+    role = tls.peer_role(flask.request.environ)
+    if role is None:
+        raise ClientCertificateRequired("a client certificate of the cloud is required")
+    if role not in allowed:
+        raise PeerNotAllowed(
+            f"callers of role {role!r} are not served here (allowed: {sorted(allowed)})"
+        )
 
 
 def _error_body(code: str, message: str) -> flask.Response:
@@ -104,6 +184,8 @@ def _error_body(code: str, message: str) -> flask.Response:
 
 def json_body(schema: str) -> dict[str, Any]:
     """The request's JSON object, validated against the daemon's OpenAPI ``schema``."""
+    if len(flask.request.get_data()) > MAX_REQUEST_BYTES:
+        raise RequestTooLarge()
     data = flask.request.get_json(silent=True)
     if data is None:
         raise MalformedRequest("the body is not valid JSON (Content-Type: application/json)")

@@ -17,19 +17,18 @@ import flask
 from gunicorn.app.base import BaseApplication
 
 from mallee.common import config, log
-from mallee.common.config import CommonConfig
+from mallee.common.config import CommonConfig, DaemonConfig
 
 
-def gunicorn_options(
-    common: CommonConfig, listen: str, port: int, threads: int, cert: str, key: str
-) -> dict[str, Any]:
+def gunicorn_options(common: CommonConfig, daemon: DaemonConfig) -> dict[str, Any]:
+    """gunicorn's settings for ``daemon``: one worker, its threads, every one of its
+    ports, and its certificate (the same on every port)."""
     options: dict[str, Any] = {
-        "bind": f"{listen}:{port}",
+        "bind": [f"{daemon.listen}:{port}" for port in daemon.ports()],
         "workers": 1,
         "worker_class": "gthread",
-        "threads": threads,
-        # Long requests (an image download inside runInstance) are normal; gthread's
-        # timeout only watches the worker's heartbeat.
+        "threads": daemon.threads,
+        # gthread's timeout only watches the worker's heartbeat, not each request.
         "timeout": 120,
         "graceful_timeout": 10,
         # gunicorn's control socket is one path per user; several daemons share a host.
@@ -40,8 +39,8 @@ def gunicorn_options(
     }
     if common.tls:
         options |= {
-            "certfile": cert,
-            "keyfile": key,
+            "certfile": daemon.tls_cert,
+            "keyfile": daemon.tls_key,
             "ca_certs": common.ca_cert,
             "cert_reqs": ssl.CERT_OPTIONAL,
         }
@@ -64,8 +63,12 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
         return self._factory()
 
 
-def main(component: str, factory: Callable[[], flask.Flask], argv: Sequence[str] | None) -> None:
-    """The ``mallee-<component>`` command: read the host's config, serve the app."""
+def main(
+    section: type[DaemonConfig], factory: Callable[[], flask.Flask], argv: Sequence[str] | None
+) -> None:
+    """The ``mallee-<component>`` command: read the host's config, serve the app where
+    the component's ``section`` says."""
+    component = section.section_name
     parser = argparse.ArgumentParser(
         prog=f"mallee-{component}", description=f"Serve mallee's {component.upper()}."
     )
@@ -76,9 +79,7 @@ def main(component: str, factory: Callable[[], flask.Flask], argv: Sequence[str]
     args = parser.parse_args(argv)
     if args.config:
         os.environ[config.PATH_ENV] = args.config
-    common, section = config.load(component)
-    options = gunicorn_options(
-        common, section.listen, section.port, section.threads, section.tls_cert, section.tls_key
-    )
+    common, daemon = config.load(section)
+    options = gunicorn_options(common, daemon)
     log.setup(common.log_level)
     GunicornApp(factory, options).run()

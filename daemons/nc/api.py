@@ -39,7 +39,7 @@ def run_instance() -> tuple[dict[str, Any], int]:
         kernel_cmdline=body.get("kernel_cmdline"),
         net=NetConfig(**body.get("net", {})),
     )
-    return _nc().run_instance(instance).to_api(), 201
+    return _nc().run_instance(instance).to_api(), 202
 
 
 @bp.get("/instances")

@@ -11,7 +11,8 @@ import flask
 from mallee.common import config, log, rpc
 from mallee.common.openapi import OpenApiSpec
 from mallee.common.periodic import Periodic
-from mallee.nc import api
+from mallee.nc import api, hostcheck
+from mallee.nc.config import NcConfig
 from mallee.nc.service import NodeController
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -19,12 +20,14 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flask.Flask:
     """``overrides`` maps sections to keys, as in the config file: ``{"nc": {...}}``."""
-    common, nc_config = config.load("nc", overrides)
+    common, nc_config = config.load(NcConfig, overrides)
     log.setup(common.log_level)
     app = flask.Flask(__name__)
+    if problem := hostcheck.kvm_problem(nc_config.libvirt_uri):
+        app.logger.warning(problem)
     nc = NodeController(nc_config)
     app.extensions["mallee.nc"] = nc
-    rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, nc_config.allowed_clients)
-    app.register_blueprint(api.bp)
+    rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls)
+    rpc.register_blueprint(app, api.bp, roles=nc_config.allowed_clients)
     Periodic("nc-monitor", nc_config.monitor_interval_s, nc.reconcile).start()
     return app

@@ -7,11 +7,11 @@ size, swap takes ``swap_mb``, and the ephemeral disk (ext4, as EC2 delivers it) 
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mallee.common import host
 from mallee.common.errors import InvalidParameter
 from mallee.nc.domain import DiskSpec
 
@@ -26,18 +26,11 @@ class DiskLayout:
     swap_bytes: int
 
 
-def _run(*argv: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
 def image_info(path: Path, fmt: str) -> dict[str, Any]:
     """``qemu-img info`` of ``path`` read as ``fmt`` (never probed: a raw image could
-    carry a qcow2 header)."""
+    carry a qcow2 header). A file that is not ``fmt`` raises HostCommandFailed."""
     info: dict[str, Any] = json.loads(
-        _run("qemu-img", "info", "--output=json", "-f", fmt, str(path))
+        host.run("qemu-img", "info", "--output=json", "-f", fmt, str(path))
     )
     return info
 
@@ -66,7 +59,7 @@ def create(
     room, in ``directory``; they appear to the guest in that order (vda, vdb, ...)."""
     sizes = layout(disk_gb, int(image_info(root_image, root_format)["virtual-size"]), swap_mb)
     root = directory / "root.qcow2"
-    _run(
+    host.run(
         "qemu-img",
         "create",
         "-q",
@@ -83,7 +76,7 @@ def create(
         ephemeral = directory / "ephemeral.img"
         with ephemeral.open("wb") as f:
             f.truncate(sizes.ephemeral_bytes)
-        _run(
+        host.run(
             "mkfs.ext4",
             "-q",
             "-F",
@@ -98,6 +91,6 @@ def create(
         swap = directory / "swap.img"
         with swap.open("wb") as f:
             f.truncate(sizes.swap_bytes)
-        _run("mkswap", "-L", "swap", str(swap))
+        host.run("mkswap", "-L", "swap", str(swap))
         disks.append(DiskSpec(str(swap), "raw"))
     return tuple(disks)

@@ -17,7 +17,12 @@ from xml.etree import ElementTree
 
 import libvirt
 
-from mallee.common.errors import HypervisorError, IncorrectInstanceState
+from mallee.common.errors import (
+    HypervisorError,
+    HypervisorUnavailable,
+    IncorrectInstanceState,
+    MalleeError,
+)
 from mallee.nc.domain import METADATA_NS, VIRT_TYPES
 
 logger = logging.getLogger(__name__)
@@ -60,11 +65,15 @@ def choose_virt_type(configured: str, uri: str) -> str:
 
 
 class Hypervisor:
+    """libvirt for one node. The connection is made on first use and made again after
+    libvirtd went away; ``problem`` says why libvirt does not answer ("" while it does)."""
+
     def __init__(self, uri: str, node: str) -> None:
         self.uri = uri
         self.node = node
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
+        self.problem = ""
 
     def _connection(self) -> libvirt.virConnect:
         with self._lock:
@@ -72,8 +81,29 @@ class Hypervisor:
                 try:
                     self._conn = libvirt.open(self.uri)
                 except libvirt.libvirtError as e:
-                    raise HypervisorError(f"cannot connect to {self.uri}: {e}") from e
+                    self._conn = None
+                    if not self.problem:
+                        logger.error("libvirt at %s does not answer: %s", self.uri, e)
+                    self.problem = f"libvirt at {self.uri} does not answer: {e}"
+                    raise HypervisorUnavailable(self.problem) from e
+                if self.problem:
+                    logger.info("libvirt at %s answers again", self.uri)
+                self.problem = ""
             return self._conn
+
+    def check(self) -> None:
+        """Raise HypervisorUnavailable unless libvirt answers now."""
+        self._connection()
+
+    def _failed(self, e: libvirt.libvirtError, what: str) -> MalleeError:
+        """The error for a failed call: libvirt gone away, or libvirt's refusal."""
+        with self._lock:
+            alive = self._conn is not None and self._conn.isAlive()
+        if not alive:
+            with self._lock:
+                self.problem = f"libvirt at {self.uri} went away: {e}"
+            return HypervisorUnavailable(f"{what}: {self.problem}")
+        return HypervisorError(f"{what}: {e}")
 
     def _own(self, dom: libvirt.virDomain) -> bool:
         """Whether ``dom`` is this node's. Only "no such metadata" or "no such domain"
@@ -87,7 +117,7 @@ class Hypervisor:
                 libvirt.VIR_ERR_NO_DOMAIN,
             ):
                 return False
-            raise HypervisorError(f"reading the metadata of a domain: {e}") from e
+            raise self._failed(e, "reading the metadata of a domain") from e
         return ElementTree.fromstring(xml).get("node") == self.node
 
     def _lookup(self, name: str) -> libvirt.virDomain | None:
@@ -96,14 +126,14 @@ class Hypervisor:
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
-            raise HypervisorError(f"looking up {name}: {e}") from e
+            raise self._failed(e, f"looking up {name}") from e
         return dom if self._own(dom) else None
 
     def start(self, xml: str) -> None:
         try:
             self._connection().createXML(xml, 0)
         except libvirt.libvirtError as e:
-            raise HypervisorError(f"libvirt refused the domain: {e}") from e
+            raise self._failed(e, "libvirt refused the domain") from e
 
     def destroy(self, name: str) -> None:
         """Stop ``name`` at once; nothing to do when it is already gone."""
@@ -117,7 +147,7 @@ class Hypervisor:
                 libvirt.VIR_ERR_NO_DOMAIN,
                 libvirt.VIR_ERR_OPERATION_INVALID,
             ):
-                raise HypervisorError(f"destroying {name}: {e}") from e
+                raise self._failed(e, f"destroying {name}") from e
 
     def is_active(self, name: str) -> bool:
         dom = self._lookup(name)
@@ -126,7 +156,7 @@ class Hypervisor:
         except libvirt.libvirtError as e:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return False
-            raise HypervisorError(f"asking whether {name} runs: {e}") from e
+            raise self._failed(e, f"asking whether {name} runs") from e
 
     def reset(self, name: str) -> None:
         dom = self._lookup(name)
@@ -135,12 +165,12 @@ class Hypervisor:
         try:
             dom.reset()
         except libvirt.libvirtError as e:
-            raise HypervisorError(f"resetting {name}: {e}") from e
+            raise self._failed(e, f"resetting {name}") from e
 
     def active_domains(self) -> set[str]:
         """Names of this node's active (running or paused) domains."""
         try:
             domains = self._connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         except libvirt.libvirtError as e:
-            raise HypervisorError(f"listing domains: {e}") from e
+            raise self._failed(e, "listing domains") from e
         return {dom.name() for dom in domains if self._own(dom)}

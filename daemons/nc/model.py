@@ -53,6 +53,16 @@ class NetConfig:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """Why a launch failed: the error the NC would have answered. ``status`` below 500
+    is the request's fault (it would fail on any node), 500 and up this node's."""
+
+    code: str
+    message: str
+    status: int
+
+
+@dataclass(frozen=True)
 class Instance:
     instance_id: str
     reservation_id: str
@@ -65,6 +75,7 @@ class Instance:
     net: NetConfig = field(default_factory=NetConfig)
     state: NcState = NcState.STAGING
     state_reason: str = ""
+    failure: Failure | None = None
     launch_time: float = field(default_factory=time.time)
     terminated_at: float | None = None
 
@@ -72,9 +83,17 @@ class Instance:
     def images(self) -> tuple[ImageRef, ...]:
         return tuple(i for i in (self.image, self.kernel, self.ramdisk) if i is not None)
 
-    def with_state(self, state: NcState, reason: str = "") -> Instance:
+    def with_state(
+        self, state: NcState, reason: str = "", failure: Failure | None = None
+    ) -> Instance:
         terminated_at = time.time() if state is NcState.TERMINATED else self.terminated_at
-        return replace(self, state=state, state_reason=reason, terminated_at=terminated_at)
+        return replace(
+            self,
+            state=state,
+            state_reason=reason,
+            failure=failure or self.failure,
+            terminated_at=terminated_at,
+        )
 
     def to_record(self) -> dict[str, Any]:
         """What is kept on disk to recover the instance after an NC restart."""
@@ -96,6 +115,7 @@ class Instance:
                 "ramdisk": image(data.get("ramdisk")),
                 "net": NetConfig(**data.get("net") or {}),
                 "state": NcState(data["state"]),
+                "failure": Failure(**data["failure"]) if data.get("failure") else None,
             }
         )
 
@@ -114,5 +134,6 @@ class Instance:
             "state": {"name": name, "code": code},
             "nc_state": self.state.value,
             "state_reason": self.state_reason,
+            "failure": asdict(self.failure) if self.failure else None,
             "launch_time": self.launch_time,
         }

@@ -8,11 +8,14 @@ final form.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from pathlib import Path
 
-from mallee.common.errors import NetworkNotFound, NetworkSetupFailed
+from mallee.common import host
+from mallee.common.errors import HostCommandFailed, NetworkNotFound, NetworkSetupFailed
+
+# ip answers at once; one that does not is stuck on the kernel's network lock.
+IP_TIMEOUT_S = 10.0
 
 
 class Networks:
@@ -33,15 +36,15 @@ class Networks:
         bridge = self.bridge(vlan)
         with self._lock:
             if not self.is_started(vlan):
-                _ip("link", "add", bridge, "type", "bridge")
-            _ip("link", "set", bridge, "up")
+                _ip(vlan, "link", "add", bridge, "type", "bridge")
+            _ip(vlan, "link", "set", bridge, "up")
         return {"vlan": vlan, "bridge": bridge}
 
     def stop(self, vlan: int) -> None:
         with self._lock:
             if not self.is_started(vlan):
                 raise NetworkNotFound(f"no network for VLAN {vlan} on this node")
-            _ip("link", "del", self.bridge(vlan))
+            _ip(vlan, "link", "del", self.bridge(vlan))
 
     def started(self) -> list[dict[str, object]]:
         return [
@@ -51,7 +54,9 @@ class Networks:
         ]
 
 
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise NetworkSetupFailed(f"ip {' '.join(args)}: {result.stderr.strip()}")
+def _ip(vlan: int, *args: str) -> None:
+    """``ip ARGS`` for VLAN ``vlan``'s network; its failure is that network's."""
+    try:
+        host.run("ip", *args, timeout_s=IP_TIMEOUT_S)
+    except HostCommandFailed as e:
+        raise NetworkSetupFailed(f"VLAN {vlan}: {e.message}") from e

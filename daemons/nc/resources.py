@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import psutil
 
 from mallee.common.capacity import Capacity, VmType
-from mallee.common.config import NcConfig
+from mallee.nc.config import NcConfig
 from mallee.nc.disks import GiB, MiB
 
 

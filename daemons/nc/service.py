@@ -3,20 +3,25 @@ rebootInstance, getConsoleOutput, describeResource, startNetwork) and its recove
 
 libvirt is the ground truth for what runs; the instance table here is what the NC
 promised (admitted instances hold their instance type's resources from admission on).
-One lock guards the table and every change to an instance's folder, so a record is
-never written into a folder being removed.
+runInstance admits and answers at once; the launch (images, disks, domain) runs in a
+bounded pool apart from the request threads, and its outcome shows in the instance's
+state, reason and failure. One lock guards the table and every change to an instance's
+folder, so a record is never written into a folder being removed.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mallee.common.capacity import Capacity
-from mallee.common.config import NcConfig
 from mallee.common.errors import (
+    HypervisorUnavailable,
     IncorrectInstanceState,
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -28,12 +33,13 @@ from mallee.common.errors import (
     NetworkNotStarted,
 )
 from mallee.nc import disks, resources
+from mallee.nc.config import NcConfig
 from mallee.nc.domain import DomainSpec, NicSpec, render_domain_xml
 from mallee.nc.hypervisor import Hypervisor, choose_virt_type
-from mallee.nc.images import ImageCache
-from mallee.nc.model import LIVE_STATES, Instance, NcState, NetConfig
+from mallee.nc.images import Cancellation, ImageCache, LaunchCancelled
+from mallee.nc.model import LIVE_STATES, Failure, Instance, NcState, NetConfig
 from mallee.nc.network import Networks
-from mallee.nc.store import InstanceStore
+from mallee.nc.store import MARKER, InstanceStore
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,25 @@ DEFAULT_CMDLINE = {
     "qemu": "console=ttyS0 root=/dev/vda",
     "xen": "console=hvc0 root=/dev/xvda",
 }
+# How long terminateInstance waits for a cancelled launch to wind down before it answers
+# (shutting-down, then; the launch finishes the teardown).
+CANCEL_WAIT_S = 10.0
+TEARDOWN_WORKERS = 4
+
+
+class RefusedToStart(RuntimeError):
+    """Starting would risk destroying what this NC cannot prove is its own."""
+
+
+@dataclass
+class _Launch:
+    """A launch admitted and not finished: what it needs and how to stop it."""
+
+    nics: tuple[NicSpec, ...]
+    cancellation: Cancellation = field(default_factory=Cancellation)
+    done: threading.Event = field(default_factory=threading.Event)
+    started: bool = False  # taken up by a launch worker (else: queued)
+    domain_may_exist: bool = False
 
 
 class NodeController:
@@ -60,11 +85,37 @@ class NodeController:
         self.networks = Networks(config.private_bridge_prefix)
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
-        self._launching: set[str] = set()
+        self._launches: dict[str, _Launch] = {}
+        self._tearing_down: set[str] = set()
+        self._launcher = ThreadPoolExecutor(config.launch_workers, "nc-launch")
+        self._teardowns = ThreadPoolExecutor(TEARDOWN_WORKERS, "nc-teardown")
         logger.info("node %s uses virt type %s", config.node_name, self.virt_type)
-        self.recover()
+        self._own_folder = self._claim_folder()
+        # Set when libvirt, back after a start without it, showed domains of this node
+        # that instance_dir has no record of: the NC then serves no instance.
+        self._refusal = ""
+        records, self._stray_folders, self._unreadable = self.store.load_all()
+        self._instances = {i.instance_id: i for i in records}
+        # When terminated instances are forgotten, on the monotonic clock: a step of the
+        # wall clock neither hides one early nor keeps it longer. A record from before a
+        # restart has only its wall-clock time, read once here.
+        self._forget_at: dict[str, float] = {}
+        for instance in records:
+            if instance.state is NcState.TERMINATED:
+                age = time.time() - (instance.terminated_at or time.time())
+                age = min(max(age, 0.0), self._retention_s)
+                self._forget_at[instance.instance_id] = time.monotonic() + self._retention_s - age
+        self._recovered = False
+        try:
+            self.recover_domains(at_start=True)
+        except HypervisorUnavailable as e:
+            logger.warning("starting without libvirt: %s; recovery waits for it", e.message)
 
     # -- helpers (callers hold self._lock where noted) ----------------------------------
+
+    @property
+    def _retention_s(self) -> float:
+        return float(self.config.terminated_retention_s)
 
     def _images_in_use(self) -> set[str]:
         with self._lock:
@@ -78,9 +129,15 @@ class NodeController:
             raise InstanceNotFound(f"instance {instance_id} is not on this node") from None
 
     def _set(self, instance: Instance) -> Instance:
-        """Record a new state in the table and, unless terminated, on disk. Lock held."""
+        """Record a new state in the table and on disk; a terminated instance keeps only
+        its record there. Lock held."""
         self._instances[instance.instance_id] = instance
-        if instance.state is not NcState.TERMINATED:
+        if instance.state is NcState.TERMINATED:
+            self._forget_at[instance.instance_id] = time.monotonic() + self._retention_s
+            self.store.retire(instance)
+            if self.virt_type == "xen":
+                self._console_path(instance.instance_id).unlink(missing_ok=True)
+        else:
             self.store.save(instance)
         return instance
 
@@ -114,10 +171,14 @@ class NodeController:
     # -- runInstance --------------------------------------------------------------------
 
     def run_instance(self, instance: Instance) -> Instance:
-        """Admit, fetch images, make disks, start the domain; on failure leave nothing."""
+        """Admit the instance and queue its launch; answer at once (pending). What can
+        be known now is refused now: a bad request, no room, libvirt not answering."""
         if self.virt_type == "xen" and instance.kernel is None:
             raise InvalidParameter("this node runs Xen paravirtual guests: a kernel is needed")
         nics = self._nics(instance.net)
+        self.hypervisor.check()
+        if self._refusal:
+            raise HypervisorUnavailable(self._refusal)
         instance_id = instance.instance_id
         with self._lock:
             if instance_id in self._instances or self.store.exists(instance_id):
@@ -132,21 +193,51 @@ class NodeController:
                 )
             self.store.create(instance)
             self._instances[instance_id] = instance
-            self._launching.add(instance_id)
+            launch = self._launches[instance_id] = _Launch(nics)
+        context = contextvars.copy_context()  # the launch logs the caller's request id
+        self._launcher.submit(context.run, self._run_launch, instance, launch)
+        return instance
+
+    def _run_launch(self, instance: Instance, launch: _Launch) -> None:
+        """The launch, on a thread of the pool: running, or terminated with its failure
+        and nothing of it left (no domain, no disks, no reservation)."""
+        instance_id = instance.instance_id
+        with self._lock:
+            if launch.cancellation.cancelled:  # terminated while it waited for the pool
+                return
+            launch.started = True
         try:
-            return self._launch(instance, nics)
+            self._launch(instance, launch)
+            with self._lock:
+                if self._get(instance_id).state is NcState.STAGING:
+                    # Running and no longer a launch in one step: a terminate from now
+                    # on tears the domain down itself.
+                    self._launches.pop(instance_id, None)
+                    self._set(self._get(instance_id).with_state(NcState.RUNNING))
+                    return
+            raise LaunchCancelled()  # terminated while the domain was being started
+        except LaunchCancelled:
+            self._abort(instance_id, launch, None)
+        except MalleeError as e:
+            logger.warning("launch of %s failed: %s: %s", instance_id, e.code, e.message)
+            self._abort(instance_id, launch, Failure(e.code, e.message, e.status))
         except Exception as e:
-            self._abort(instance_id)
-            if isinstance(e, MalleeError):
-                raise
             logger.exception("launch of %s failed", instance_id)
-            raise LaunchFailed(f"launch of {instance_id} failed: {e}") from e
+            message = (
+                f"the launch of {instance_id} failed on this node ({type(e).__name__}; "
+                "the node's log has the details)"
+            )
+            self._abort(instance_id, launch, Failure(LaunchFailed.code, message, 500))
         finally:
             with self._lock:
-                self._launching.discard(instance_id)
+                self._launches.pop(instance_id, None)
+            launch.done.set()
 
-    def _launch(self, instance: Instance, nics: tuple[NicSpec, ...]) -> Instance:
-        path = {image.sha256: self.images.fetch(image) for image in instance.images}
+    def _launch(self, instance: Instance, launch: _Launch) -> None:
+        path = {
+            image.sha256: self.images.fetch(image, launch.cancellation) for image in instance.images
+        }
+        launch.cancellation.check()
         directory = self.store.directory(instance.instance_id)
         instance_disks = disks.create(
             directory,
@@ -165,7 +256,7 @@ class NodeController:
             node=self.config.node_name,
             owner=instance.owner_id,
             disks=instance_disks,
-            nics=nics,
+            nics=launch.nics,
             kernel=str(kernel) if kernel else None,
             ramdisk=str(ramdisk) if ramdisk else None,
             cmdline=instance.kernel_cmdline
@@ -175,34 +266,40 @@ class NodeController:
         )
         xml = render_domain_xml(spec)
         (directory / "domain.xml").write_text(xml)
+        launch.cancellation.check()
+        launch.domain_may_exist = True
         self.hypervisor.start(xml)
-        with self._lock:
-            current = self._instances[instance.instance_id]
-            if current.state is NcState.STAGING:
-                return self._set(current.with_state(NcState.RUNNING))
-        # terminateInstance arrived while we were staging: finish what it asked for
-        return self._teardown(instance.instance_id, "terminated while pending")
 
-    def _abort(self, instance_id: str) -> None:
-        """Undo a failed launch: no domain, no folder, no reservation. Should the domain
-        not go away, the instance stays in teardown for the monitor to finish."""
-        try:
-            self.hypervisor.destroy(instance_id)
-        except MalleeError:
-            logger.exception("%s: the failed launch's domain would not go; will retry", instance_id)
-            with self._lock:
-                self._set(self._get(instance_id).with_state(NcState.TEARDOWN, "launch failed"))
-            return
+    def _abort(self, instance_id: str, launch: _Launch, failure: Failure | None) -> None:
+        """Undo a launch that failed or was cancelled. Should its domain not go away,
+        the instance stays in teardown for the monitor to finish."""
         with self._lock:
-            self.store.remove(instance_id)
-            if self._get(instance_id).state is NcState.TEARDOWN:  # a terminate came meanwhile
-                self._set(self._get(instance_id).with_state(NcState.TERMINATED, "user request"))
-            else:
-                del self._instances[instance_id]
+            cancelled = self._get(instance_id).state is NcState.TEARDOWN
+        reason = "user request" if cancelled or failure is None else "launch failed"
+        if launch.domain_may_exist:
+            try:
+                self.hypervisor.destroy(instance_id)
+            except MalleeError:
+                logger.exception("%s: the launch's domain would not go; will retry", instance_id)
+                with self._lock:
+                    instance = self._get(instance_id)
+                    self._set(instance.with_state(NcState.TEARDOWN, reason, failure))
+                return
+        with self._lock:
+            self._set(self._get(instance_id).with_state(NcState.TERMINATED, reason, failure))
 
     # -- the other operations -----------------------------------------------------------
 
+    @property
+    def problem(self) -> str:
+        """Why this node cannot vouch for its domains now ("" while it can)."""
+        return self.hypervisor.problem or self._refusal
+
     def describe_instances(self, instance_ids: list[str] | None = None) -> list[Instance]:
+        """The table, unless libvirt does not answer: then no running state can be
+        vouched for, and the caller is told so rather than shown stale states."""
+        if self.problem:
+            raise HypervisorUnavailable(self.problem)
         with self._lock:
             if not instance_ids:
                 return list(self._instances.values())
@@ -211,13 +308,22 @@ class NodeController:
     def terminate_instance(self, instance_id: str) -> Instance:
         with self._lock:
             instance = self._get(instance_id)
-            if instance.state in (NcState.TERMINATED, NcState.TEARDOWN):
+            if instance.state is NcState.TERMINATED:
                 return instance
-            staging = instance.state is NcState.STAGING
-            instance = self._set(instance.with_state(NcState.TEARDOWN, "user request"))
-        if staging:  # the launching thread sees TEARDOWN and finishes the job
-            return instance
-        return self._teardown(instance_id, "user request")
+            launch = self._launches.get(instance_id)
+            if launch is not None and not launch.started:  # still queued: nothing made
+                launch.cancellation.cancel()
+                del self._launches[instance_id]
+                launch.done.set()
+                return self._set(instance.with_state(NcState.TERMINATED, "user request"))
+            if instance.state is not NcState.TEARDOWN:
+                instance = self._set(instance.with_state(NcState.TEARDOWN, "user request"))
+        if launch is not None:  # stop the launch; it undoes what it made
+            launch.cancellation.cancel()
+            launch.done.wait(CANCEL_WAIT_S)
+            with self._lock:
+                return self._get(instance_id)
+        return self._teardown(instance_id, instance.state_reason or "user request")
 
     def _teardown(self, instance_id: str, reason: str) -> Instance:
         self.hypervisor.destroy(instance_id)
@@ -225,9 +331,6 @@ class NodeController:
             instance = self._get(instance_id)
             if instance.state is NcState.TERMINATED:  # another caller finished first
                 return instance
-            self.store.remove(instance_id)
-            if self.virt_type == "xen":
-                self._console_path(instance_id).unlink(missing_ok=True)
             return self._set(instance.with_state(NcState.TERMINATED, reason))
 
     def reboot_instance(self, instance_id: str) -> Instance:
@@ -253,11 +356,15 @@ class NodeController:
         except FileNotFoundError:
             return ""
 
-    def describe_resource(self) -> dict[str, int]:
+    def describe_resource(self) -> dict[str, object]:
         with self._lock:
             most, left = self._capacity()
             live = sum(1 for i in self._instances.values() if i.state in LIVE_STATES)
-        return resources.describe(most, left, live)
+        return {
+            **resources.describe(most, left, live),
+            "hypervisor_reachable": not self.problem,
+            "hypervisor_error": self.problem,
+        }
 
     def start_network(self, vlan: int) -> dict[str, object]:
         return self.networks.start(vlan)
@@ -277,42 +384,119 @@ class NodeController:
 
     def reconcile(self) -> None:
         """One monitor pass: instances whose domain stopped are torn down, teardowns that
-        failed are retried, terminated ones are forgotten after terminated_retention_s."""
-        with self._lock:
-            snapshot = [i for i in self._instances.values() if i.instance_id not in self._launching]
-        active = self.hypervisor.active_domains()  # listed after the snapshot, see below
-        now = time.time()
+        failed are retried, terminated ones are forgotten after terminated_retention_s.
+        Each teardown runs apart, so one domain that will not die holds up no other."""
+        try:
+            if not self._recovered:
+                self.recover_domains(at_start=False)
+            with self._lock:
+                snapshot = [
+                    i for i in self._instances.values() if i.instance_id not in self._launches
+                ]
+            active = self.hypervisor.active_domains()  # listed after the snapshot, see below
+        except HypervisorUnavailable:
+            return  # said once by the hypervisor; describeResource says it too
+        now = time.monotonic()
         for instance in snapshot:
             instance_id = instance.instance_id
             # A RUNNING instance in the snapshot was started before the listing, so its
             # absence means the domain stopped; asking once more guards against a
             # listing that raced with a change.
             if instance.state is NcState.RUNNING and instance_id not in active:
-                if not self.hypervisor.is_active(instance_id):
-                    logger.info("%s: the guest stopped; cleaning up", instance_id)
-                    self._teardown(instance_id, "the guest stopped")
+                self._tear_down_apart(instance_id, "the guest stopped", recheck=True)
             elif instance.state is NcState.TEARDOWN:
-                self._teardown(instance_id, instance.state_reason or "terminated")
-            elif (
-                instance.state is NcState.TERMINATED
-                and instance.terminated_at
-                and (now - instance.terminated_at > self.config.terminated_retention_s)
-            ):
+                self._tear_down_apart(instance_id, instance.state_reason or "terminated")
+            elif instance.state is NcState.TERMINATED and now >= self._forget_at[instance_id]:
                 with self._lock:
                     self._instances.pop(instance_id, None)
+                    self._forget_at.pop(instance_id, None)
+                    self.store.remove(instance_id)
 
-    def recover(self) -> None:
-        """Rebuild the table after a restart from the records and libvirt.
+    def _tear_down_apart(self, instance_id: str, reason: str, recheck: bool = False) -> None:
+        """Tear an instance down on the teardown pool, unless that is under way already."""
+        with self._lock:
+            if instance_id in self._tearing_down:
+                return
+            self._tearing_down.add(instance_id)
+
+        def run() -> None:
+            try:
+                if recheck:
+                    if self.hypervisor.is_active(instance_id):
+                        return
+                    logger.info("%s: the guest stopped; cleaning up", instance_id)
+                self._teardown(instance_id, reason)
+            except MalleeError as e:
+                logger.error("%s: teardown failed, will retry: %s", instance_id, e.message)
+            except Exception:
+                logger.exception("%s: teardown failed, will retry", instance_id)
+            finally:
+                with self._lock:
+                    self._tearing_down.discard(instance_id)
+
+        self._teardowns.submit(run)
+
+    def _destroy_orphan(self, name: str) -> None:
+        """A domain of this node without a record (its launch was never recorded). On
+        the teardown pool: one that will not die holds up neither the start nor others;
+        the next restart tries again."""
+        logger.warning("recovery: destroying domain %s, which has no instance record", name)
+        try:
+            self.hypervisor.destroy(name)
+        except MalleeError as e:
+            logger.error("recovery: %s would not go: %s", name, e.message)
+
+    def _claim_folder(self) -> bool:
+        """Whether ``instance_dir`` is provably the folder this node used before: its
+        marker names this node, or it holds records of instances (a folder from before
+        markers). Raises RefusedToStart for another node's folder."""
+        owner = self.store.owner()
+        node = self.config.node_name
+        if owner is not None and owner != node:
+            raise RefusedToStart(
+                f"instance_dir {self.store.root} belongs to node {owner!r} (its {MARKER} "
+                f"says so), not to {node!r}: set node_name or instance_dir to what this "
+                "node used before"
+            )
+        if owner is None and self.store.has_records():
+            self.store.mark(node)
+        return owner == node or self.store.has_records()
+
+    def recover_domains(self, at_start: bool) -> None:
+        """After a restart, make libvirt and the records agree (once libvirt answers).
 
         Running instances are kept. A launch or teardown the old process did not finish
         is finished now (torn down), as is an instance whose domain stopped meanwhile.
-        This node's domains and folders that have no record at all are removed; those
-        with an unreadable record are left alone.
+        This node's domains without a record are destroyed, and folders without a
+        record removed, only in a folder this node provably used before; records that
+        cannot be read are left alone with their domains. Each instance is handled
+        apart: one that fails is logged and retried by the monitor.
         """
-        records, strays, unreadable = self.store.load_all()
         active = self.hypervisor.active_domains()
+        if not self._own_folder:
+            if active:
+                sentence = (
+                    f"instance_dir {self.store.root} has no record of the domains this node "
+                    f"({self.config.node_name}) runs: {sorted(active)}. It is not the folder "
+                    "this node used before, or it is not mounted. Set instance_dir to that "
+                    "folder (or mount it); if those guests are to go, destroy them yourself "
+                    "(virsh destroy)."
+                )
+                if at_start:
+                    logger.critical("refusing to start: %s", sentence)
+                    raise RefusedToStart(sentence)
+                # Started while libvirt was away: too late to refuse to start, so refuse
+                # to serve (the CC sees the node degraded) until restarted on the right
+                # folder. Those guests are not counted anywhere: no launch may join them.
+                logger.critical("serving no instance: %s", sentence)
+                self._refusal = f"this node serves no instance: {sentence}"
+                self._recovered = True
+                return
+            self.store.mark(self.config.node_name)
+            self._own_folder = True
+        with self._lock:
+            records = [i for i in self._instances.values() if i.state is not NcState.TERMINATED]
         for instance in records:
-            self._instances[instance.instance_id] = instance
             if instance.state is NcState.RUNNING and instance.instance_id in active:
                 continue
             reason = {
@@ -322,9 +506,14 @@ class NodeController:
             logger.warning(
                 "recovery: %s was %s; %s", instance.instance_id, instance.state.value, reason
             )
-            self._teardown(instance.instance_id, reason)
-        known = {i.instance_id for i in records} | set(unreadable)
-        for name in sorted((active - known) | set(strays)):
-            logger.warning("recovery: removing %s, which has no instance record", name)
-            self.hypervisor.destroy(name)
+            with self._lock:
+                self._set(instance.with_state(NcState.TEARDOWN, reason))
+            self._tear_down_apart(instance.instance_id, reason)
+        known = set(self._instances) | set(self._unreadable)
+        for name in sorted(active - known):
+            self._teardowns.submit(self._destroy_orphan, name)
+        for name in self._stray_folders:
+            logger.warning("recovery: removing folder %s, which has no instance record", name)
             self.store.remove(name)
+        self._stray_folders = []
+        self._recovered = True

@@ -20,6 +20,7 @@ from tests.support import guest as guest_image
 from tests.support.daemons import CcDaemon, NcDaemon, Pki
 from tests.support.guest import GuestImage
 from tests.support.http import serve_directory
+from tests.support.kvm import make_kvm_usable_by_qemu
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,7 +31,9 @@ def _root() -> None:
 
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[str]:
-    """The host's libvirtd if one answers, else one started here and stopped after."""
+    """The host's libvirtd if one answers, else one started here and stopped after;
+    /dev/kvm made usable by QEMU's user first, or every domain takes a minute to start."""
+    make_kvm_usable_by_qemu()
     if daemons.libvirt_answers():
         yield daemons.LIBVIRT_URI
         return
@@ -96,3 +99,12 @@ def guest() -> Iterator[GuestImage]:
     directory = guest_image.build()
     with serve_directory(directory) as server:
         yield guest_image.published(directory, server.url)
+
+
+@pytest.fixture
+def private_libvirtd(libvirtd: str) -> Iterator[daemons.PrivateLibvirtd]:
+    """A libvirtd of this test's own (not started yet), to kill and start again."""
+    private = daemons.PrivateLibvirtd(_workdir())
+    yield private
+    private.stop()
+    shutil.rmtree(private.root.parent, ignore_errors=True)

@@ -32,7 +32,7 @@ def test_boot_console_and_clean_terminate(
     instance_id = "i-000000000000b0071"
     body = run_request(instance_id, guest, net={"public_mac": "d0:0d:00:00:b0:01"})
 
-    instance = nc.client.call("POST", "/v1/instances", body)
+    instance = nc.launch(body)
 
     assert instance["state"] == {"name": "running", "code": 16}
     assert instance["kernel_id"] == guest.kernel["id"]

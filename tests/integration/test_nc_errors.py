@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,7 @@ import requests
 
 from mallee.common.rpc import RemoteError, RpcClient, Unreachable
 from tests.support.daemons import NcDaemon, Pki
+from tests.support.guest import wait_until
 from tests.support.http import FileServer, serve_directory
 
 UNKNOWN = "i-0000000000000dead"
@@ -97,7 +97,7 @@ def test_duplicate_instance_id(nc_factory: Callable[..., NcDaemon], blank_image:
     nc = nc_factory()
     _, image = blank_image
     first = request("i-0000000000000000a", image)
-    nc.client.call("POST", "/v1/instances", first)
+    nc.launch(first)
     error = error_of(lambda: nc.client.call("POST", "/v1/instances", first))
     assert (error.status, error.code) == (409, "InvalidInstanceID.Duplicate")
     assert_nothing_left(nc, keep={"i-0000000000000000a"})  # the first one is untouched
@@ -105,13 +105,22 @@ def test_duplicate_instance_id(nc_factory: Callable[..., NcDaemon], blank_image:
     assert_nothing_left(nc)
 
 
+def failure_of(nc: NcDaemon, body: dict[str, Any]) -> dict[str, Any]:
+    """The failure of a launch the NC admitted, once it failed."""
+    outcome = nc.launch(body)
+    assert (outcome["nc_state"], outcome["state_reason"]) == ("terminated", "launch failed")
+    failure: dict[str, Any] = outcome["failure"]
+    assert str(nc.workdir) not in failure["message"]  # no host paths
+    return failure
+
+
 def test_image_url_404(nc_factory: Callable[..., NcDaemon], blank_image: Any) -> None:
     nc = nc_factory()
     server, image = blank_image
     missing = {**image, "url": f"{server.url}/no-such.raw"}
-    error = error_of(lambda: nc.client.call("POST", "/v1/instances", request(UNKNOWN, missing)))
-    assert (error.status, error.code) == (422, "ImageFetchFailed")
-    assert "/no-such.raw answered 404" in error.message
+    failure = failure_of(nc, request(UNKNOWN, missing))
+    assert (failure["status"], failure["code"]) == (422, "ImageFetchFailed")
+    assert "/no-such.raw answered 404" in failure["message"]
     assert_nothing_left(nc)
 
 
@@ -119,11 +128,22 @@ def test_digest_mismatch(nc_factory: Callable[..., NcDaemon], blank_image: Any) 
     nc = nc_factory()
     _, image = blank_image
     wrong = {**image, "digest": "sha256:" + "f" * 64}
-    error = error_of(lambda: nc.client.call("POST", "/v1/instances", request(UNKNOWN, wrong)))
-    assert (error.status, error.code) == (422, "ImageDigestMismatch")
-    assert image["digest"] in error.message  # says what it got
+    failure = failure_of(nc, request(UNKNOWN, wrong))
+    assert (failure["status"], failure["code"]) == (422, "ImageDigestMismatch")
+    assert image["digest"] in failure["message"]  # says what it got
     assert_nothing_left(nc)
     assert list((nc.workdir / "images").iterdir()) == []
+
+
+def test_not_qcow2_though_declared_so(
+    nc_factory: Callable[..., NcDaemon], blank_image: Any
+) -> None:
+    nc = nc_factory()
+    _, image = blank_image
+    failure = failure_of(nc, request(UNKNOWN, {**image, "format": "qcow2"}))
+    assert (failure["status"], failure["code"]) == (422, "ImageRejected")
+    assert "declared qcow2" in failure["message"]
+    assert_nothing_left(nc)
 
 
 def test_not_enough_resources(nc_factory: Callable[..., NcDaemon], blank_image: Any) -> None:
@@ -133,7 +153,7 @@ def test_not_enough_resources(nc_factory: Callable[..., NcDaemon], blank_image: 
     assert (error.status, error.code) == (409, "InsufficientInstanceCapacity")
     assert "needs 2 cores" in error.message and "1 cores" in error.message
     assert_nothing_left(nc)
-    nc.client.call("POST", "/v1/instances", request("i-0000000000000000b", image))
+    nc.launch(request("i-0000000000000000b", image))
     error = error_of(lambda: nc.client.call("POST", "/v1/instances", request(UNKNOWN, image)))
     assert error.code == "InsufficientInstanceCapacity"
     assert_nothing_left(nc, keep={"i-0000000000000000b"})
@@ -161,10 +181,8 @@ def test_caller_with_another_cas_certificate(nc_factory: Callable[..., NcDaemon]
     nc = nc_factory()
     with pytest.raises(Unreachable, match=r"(?i)ssl|certificate|alert"):
         RpcClient(nc.url, pki.foreign, retries=0).call("GET", "/v1/instances")
-    deadline = time.monotonic() + 10  # the server logs the refusal a moment later
-    while "certificate verify failed" not in nc.log.read_text():
-        assert time.monotonic() < deadline, "the NC did not log the refused certificate"
-        time.sleep(0.1)
+    # the server logs the refusal a moment later
+    wait_until(lambda: "certificate verify failed" in nc.log.read_text(), 10, "the NC to log it")
 
 
 def test_plain_http_is_not_served(nc_factory: Callable[..., NcDaemon]) -> None:

@@ -46,7 +46,7 @@ def test_private_nic_on_a_started_vlan(
     assert nc.client.call("POST", "/v1/networks", {"vlan": 42}) == started  # idempotent
     assert nc.client.call("GET", "/v1/networks") == {"networks": [started]}
 
-    nc.client.call("POST", "/v1/instances", body)
+    assert nc.launch(body)["nc_state"] == "running"
     xml = subprocess.run(
         ["virsh", "dumpxml", instance_id], capture_output=True, text=True, check=True
     ).stdout

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable
+from typing import Any
 
 from tests.support.daemons import NcDaemon
 from tests.support.guest import (
@@ -49,22 +48,18 @@ def test_kill9_during_a_launch(nc_factory: Callable[..., NcDaemon], guest: Guest
     instance_id = "i-00000000000000ec3"
     with serve_directory(guest.directory, delay_s=30) as slow:
         body = run_request(instance_id, published(guest.directory, slow.url))
-
-        def run() -> None:
-            with contextlib.suppress(Exception):  # the NC dies under this call
-                nc.client.call("POST", "/v1/instances", body)
-
-        launch = threading.Thread(target=run)
-        launch.start()
+        nc.client.call("POST", "/v1/instances", body)
         wait_until(lambda: bool(slow.gets), 30, "the NC to start downloading")
         assert (nc.instance_dir / instance_id / "instance.json").exists()
         nc.kill9()
-        launch.join()
         nc.start()
 
-    [described] = nc.client.call("GET", "/v1/instances")["instances"]
-    assert described["state"]["name"] == "terminated"
-    assert described["state_reason"] == "the node controller restarted during launch"
+    def described() -> dict[str, Any]:
+        [instance] = nc.client.call("GET", "/v1/instances")["instances"]
+        return instance
+
+    wait_until(lambda: described()["nc_state"] == "terminated", 30, "recovery's teardown")
+    assert described()["state_reason"] == "the node controller restarted during launch"
     assert nc.domains() == set()
     assert nc.files() == []
     assert not list((nc.workdir / "images").glob("*.part"))

@@ -5,6 +5,7 @@ OpenAPI document."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,9 +22,11 @@ import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 
-from mallee.common import tls
+from mallee.common import host, tls
 from mallee.common.rpc import ClientTLS, RpcClient
 from mallee.nc.domain import METADATA_NS
+from mallee.nc.store import MARKER, RECORD
+from tests.support.guest import wait_until
 
 REPO = Path(__file__).parents[2]
 OPENAPI = {
@@ -52,7 +55,7 @@ def start_libvirtd() -> list[int]:
     pids = []
     for daemon in ("virtlogd", "libvirtd"):
         pidfile = Path(f"/run/mallee-test-{daemon}.pid")
-        subprocess.run([daemon, "-d", "-p", str(pidfile)], check=True)
+        host.run(daemon, "-d", "-p", str(pidfile))
         deadline = time.monotonic() + 10
         while not pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -65,6 +68,55 @@ def start_libvirtd() -> list[int]:
             raise RuntimeError(f"libvirtd did not answer in 30 s (tools/prepare-host?)\n{tail}")
         time.sleep(0.2)
     return pids
+
+
+class PrivateLibvirtd:
+    """A libvirtd of a test's own, to kill and start again without touching the host's
+    libvirtd or other tests. It runs in a mount namespace whose /run/libvirt,
+    /var/lib/libvirt and /var/cache/libvirt are folders of the test, and its URI names
+    its socket."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.root = workdir / "libvirtd"
+        self.uri = f"qemu:///system?socket={self.root}/run/libvirt-sock"
+        self.log = self.root / "libvirtd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        for folder in ("run", "lib", "cache"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        mounts = {"run": "/run/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache/libvirt"}
+        script = "".join(f"mount --bind {self.root / k} {v}; " for k, v in mounts.items())
+        pidfile = self.root / "virtlogd.pid"  # virtlogd outlives a killed libvirtd
+        script += f"kill -0 $(cat {pidfile} 2>/dev/null) 2>/dev/null || virtlogd -d -p {pidfile}; "
+        script += f"exec libvirtd -p {self.root}/libvirtd.pid"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(lambda: libvirt_answers(self.uri), 30, f"the private libvirtd ({self.log})")
+
+    def kill9(self) -> None:
+        """libvirtd dies; its guests and virtlogd run on, as on a real host."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        """Destroy its guests, then stop libvirtd and virtlogd."""
+        if self.process is not None and self.process.poll() is None:
+            conn = libvirt.open(self.uri)
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+            conn.close()
+            self.process.terminate()
+            self.process.wait(15)
+        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+            os.kill(int((self.root / "virtlogd.pid").read_text()), signal.SIGTERM)
 
 
 def stop_pids(pids: list[int]) -> None:
@@ -237,14 +289,41 @@ class NcDaemon(Daemon):
                 names.add(dom.name())
         return names
 
+    def launch(self, body: dict[str, Any], timeout_s: float = 120) -> dict[str, Any]:
+        """runInstance (answered at once, pending), then the launch's outcome: the
+        instance once it is running or terminated."""
+        pending = self.client.call("POST", "/v1/instances", body)
+        assert pending["state"]["name"] == "pending", pending
+        path = f"/v1/instances?instance_id={body['instance_id']}"
+        outcome: dict[str, Any] = pending
+
+        def settled() -> bool:
+            nonlocal outcome
+            [outcome] = self.client.call("GET", path)["instances"]
+            return outcome["nc_state"] in ("running", "terminated")
+
+        wait_until(settled, timeout_s, f"the launch of {body['instance_id']}")
+        return outcome
+
     def files(self) -> list[str]:
-        """Everything under the instance folder, relative to it."""
+        """What instances left under the instance folder, relative to it: everything
+        but the folder's marker and the records of terminated instances (kept for
+        terminated_retention_s)."""
         root = self.instance_dir
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+        left = []
+        for path in sorted(root.rglob("*")) if root.exists() else []:
+            if path.is_dir() or path.name == MARKER:
+                continue
+            if path.name == RECORD and json.loads(path.read_text())["state"] == "terminated":
+                continue
+            left.append(str(path.relative_to(root)))
+        return left
 
     def cleanup(self) -> None:
         """After a test: stop the daemon and destroy whatever domains it left."""
         self.stop()
+        if not libvirt_answers(self.libvirt_uri):
+            return  # a test's private libvirtd, stopped with its guests
         conn = libvirt.open(self.libvirt_uri)
         for name in self.domains():
             with contextlib.suppress(libvirt.libvirtError):

@@ -10,13 +10,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mallee.common import host
 from mallee.common.rpc import RpcClient
 
 REPO = Path(__file__).parents[2]
@@ -40,7 +40,7 @@ def build() -> Path:
     out = Path(f"/var/tmp/mallee-guest-{_sources_digest()}")
     if not (out / "manifest.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-        subprocess.run([str(GUEST_SOURCES / "build.sh"), str(out)], check=True)
+        host.run(str(GUEST_SOURCES / "build.sh"), str(out), timeout_s=600)
     out.chmod(0o755)
     return out
 

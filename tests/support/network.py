@@ -16,7 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mallee.common import host
+from mallee.common.errors import HostCommandFailed
+
 METADATA_IP = "169.254.169.254"
+DHCP_PORT, HTTP_PORT = 67, 80
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,25 @@ def write_metadata(root: Path, ssh_key: str, user_data: bytes, instance_id: str 
         (root / path).write_bytes(body)
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
+def _wait_listening(netns: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until the DHCP and metadata servers listen in ``netns``, so that a guest
+    booting next is answered."""
+    wanted = {f"udp:{DHCP_PORT}", f"tcp:{HTTP_PORT}"}
+    deadline = time.monotonic() + 10
+    while True:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        sockets = host.run("ip", "netns", "exec", netns, "ss", "-Hlntu")
+        listening = {
+            f"{netid}:{local.rpartition(':')[2]}"
+            for netid, *_, local, _peer in (line.split() for line in sockets.splitlines())
+        }
+        if wanted <= listening:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{sorted(wanted - listening)} not listening in {netns} after 10 s")
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -57,15 +78,15 @@ def metadata_network(workdir: Path, ssh_key: str, user_data: bytes) -> Iterator[
     )
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        _ip("netns", "add", netns)
-        _ip("link", "add", bridge, "type", "bridge")
-        _ip("link", "set", bridge, "up")
-        _ip("link", "add", veth, "type", "veth", "peer", "name", peer)
-        _ip("link", "set", veth, "master", bridge, "up")
-        _ip("link", "set", peer, "netns", netns)
-        _ip("-n", netns, "addr", "add", f"{METADATA_IP}/16", "dev", peer)
-        _ip("-n", netns, "link", "set", peer, "up")
-        _ip("-n", netns, "link", "set", "lo", "up")
+        host.run("ip", "netns", "add", netns)
+        host.run("ip", "link", "add", bridge, "type", "bridge")
+        host.run("ip", "link", "set", bridge, "up")
+        host.run("ip", "link", "add", veth, "type", "veth", "peer", "name", peer)
+        host.run("ip", "link", "set", veth, "master", bridge, "up")
+        host.run("ip", "link", "set", peer, "netns", netns)
+        host.run("ip", "-n", netns, "addr", "add", f"{METADATA_IP}/16", "dev", peer)
+        host.run("ip", "-n", netns, "link", "set", peer, "up")
+        host.run("ip", "-n", netns, "link", "set", "lo", "up")
         in_netns = ["ip", "netns", "exec", netns]
         processes.append(
             subprocess.Popen(
@@ -81,7 +102,7 @@ def metadata_network(workdir: Path, ssh_key: str, user_data: bytes) -> Iterator[
                     sys.executable,
                     "-m",
                     "http.server",
-                    "80",
+                    str(HTTP_PORT),
                     "--bind",
                     METADATA_IP,
                     "--directory",
@@ -91,16 +112,13 @@ def metadata_network(workdir: Path, ssh_key: str, user_data: bytes) -> Iterator[
                 stderr=subprocess.DEVNULL,
             )
         )
-        time.sleep(0.5)  # let both bind before a guest asks
-        for process in processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        _wait_listening(netns, processes)
         yield MetadataNetwork(bridge, ssh_key, user_data)
     finally:
         for process in processes:
             process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
-        subprocess.run(["ip", "link", "del", veth], capture_output=True)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        for argv in (("link", "del", bridge), ("link", "del", veth), ("netns", "del", netns)):
+            with contextlib.suppress(HostCommandFailed):  # what a failed setup never made
+                host.run("ip", *argv)

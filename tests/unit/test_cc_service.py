@@ -6,47 +6,78 @@ there (a run that times out after the NC made the instance, a node that fails mi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mallee.cc.config import CcConfig
 from mallee.cc.model import Health
 from mallee.cc.service import ClusterController
 from mallee.common.capacity import VmType
-from mallee.common.config import CcConfig
 from mallee.common.errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
-    InsufficientResources,
     MalleeError,
     NodeInUse,
+    NodesUnavailable,
 )
 from mallee.common.metrics import Metrics
 from mallee.common.rpc import RemoteError, Unreachable
 
 SMALL: dict[str, Any] = {"name": "t1.small", "cores": 1, "memory_mb": 256, "disk_gb": 1}
 IMAGE = {"id": "emi-12345678", "url": "http://x/i", "digest": "sha256:" + "a" * 64}
+STATES = {"staging": ("pending", 0), "running": ("running", 16), "terminated": ("terminated", 48)}
+
+
+def nc_view(
+    instance_id: str, nc_state: str, failure: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An instance as an NC describes it."""
+    name, code = STATES[nc_state]
+    return {
+        "instance_id": instance_id,
+        "reservation_id": "r-01234567",
+        "owner_id": "alice",
+        "vm_type": SMALL,
+        "image_id": IMAGE["id"],
+        "kernel_id": None,
+        "ramdisk_id": None,
+        "net": {},
+        "state": {"name": name, "code": code},
+        "nc_state": nc_state,
+        "state_reason": "launch failed" if failure else "",
+        "failure": failure,
+        "launch_time": 1.0,
+    }
 
 
 class FakeNc:
-    """An NC in memory: admits by cores, lists and terminates instances."""
+    """An NC in memory: admits by cores, launches at once (or fails the launch as the
+    real NC does: terminated, with the failure), lists and terminates instances."""
 
     def __init__(self, cores: int) -> None:
         self.cores = cores
         self.instances: dict[str, dict[str, Any]] = {}
         self.down = False  # refuses connections
-        self.lose_answers = False  # makes the instance, then the answer is lost
-        self.broken = False  # answers runInstance with 500
+        self.lose_answers = False  # admits the instance, then the answer is lost
+        self.launch_failure: dict[str, Any] | None = None  # every launch fails so
+        self.libvirt_down = False  # answers 503 HypervisorUnavailable, as the real NC
 
     def live(self) -> int:
-        return sum(1 for i in self.instances.values() if i["state"]["name"] != "terminated")
+        return sum(1 for i in self.instances.values() if i["nc_state"] != "terminated")
 
-    def handle(self, method: str, path: str, body: Any) -> Any:
+    def handle(self, method: str, path: str, body: Any, params: Any = None) -> Any:
         if self.down:
             raise Unreachable("refused", maybe_delivered=False)
+        if self.libvirt_down and path != "/v1/resource":
+            raise RemoteError(503, "HypervisorUnavailable", "libvirt does not answer")
         if (method, path) == ("GET", "/v1/instances"):
-            return {"instances": list(self.instances.values())}
+            wanted = (params or {}).get("instance_id") or list(self.instances)
+            if missing := [i for i in wanted if i not in self.instances]:
+                raise RemoteError(404, InstanceNotFound.code, f"no {missing}")
+            return {"instances": [self.instances[i] for i in wanted]}
         if (method, path) == ("GET", "/v1/resource"):
             return {
                 "cores_max": self.cores,
@@ -56,27 +87,32 @@ class FakeNc:
                 "disk_gb_max": 100,
                 "disk_gb_available": 100,
                 "instances": self.live(),
+                "hypervisor_reachable": not self.libvirt_down,
+                "hypervisor_error": "libvirt does not answer" if self.libvirt_down else "",
             }
         if (method, path) == ("POST", "/v1/instances"):
-            if self.broken:
-                raise RemoteError(500, "LaunchFailed", "libvirt broke")
+            instance_id = body["instance_id"]
             if self.live() >= self.cores:
                 raise RemoteError(409, "InsufficientInstanceCapacity", "full")
-            view = {"instance_id": body["instance_id"], "state": {"name": "running", "code": 16}}
-            self.instances[body["instance_id"]] = view
+            if self.launch_failure:
+                self.instances[instance_id] = nc_view(
+                    instance_id, "terminated", self.launch_failure
+                )
+            else:
+                self.instances[instance_id] = nc_view(instance_id, "running")
             if self.lose_answers:
                 raise Unreachable("read timed out", maybe_delivered=True)
-            return view
+            return nc_view(instance_id, "staging")
         if method == "DELETE":
             instance_id = path.rsplit("/", 1)[1]
             if instance_id not in self.instances:
                 raise RemoteError(404, InstanceNotFound.code, "no such instance")
-            self.instances[instance_id] = {
-                "instance_id": instance_id,
-                "state": {"name": "terminated", "code": 48},
-            }
+            self.instances[instance_id] = nc_view(instance_id, "terminated")
             return self.instances[instance_id]
         raise AssertionError(f"unexpected {method} {path}")
+
+
+BROKEN = {"code": "LaunchFailed", "message": "libvirt broke", "status": 500}
 
 
 class Cluster:
@@ -88,8 +124,10 @@ class Cluster:
             def __init__(self, url: str, *_args: Any, **_kwargs: Any) -> None:
                 self.nc = by_url[url]
 
-            def call(self, method: str, path: str, body: Any = None, **_kwargs: Any) -> Any:
-                return self.nc.handle(method, path, body)
+            def call(
+                self, method: str, path: str, body: Any = None, params: Any = None, **_: Any
+            ) -> Any:
+                return self.nc.handle(method, path, body, params)
 
         config = CcConfig(state_dir=str(tmp_path), poll_interval_s=3600.0)
         self.cc = ClusterController(config, None, Metrics("test"), make_client=Client)  # type: ignore[arg-type]  # RpcClient.call only
@@ -138,12 +176,55 @@ def test_refused_connection_moves_the_instance_on(tmp_path: Path) -> None:
 
 def test_broken_node_is_skipped_until_it_answers_again(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, a=2, b=2)
-    cluster.ncs["a"].broken = True
+    cluster.ncs["a"].launch_failure = BROKEN
     assert cluster.run(iid(1))[0]["node"] == "b"
     assert cluster.health("a") == "unreachable"
     assert "libvirt broke" in cluster.cc.describe_nodes()[0]["last_error"]
     cluster.cc.poll()
     assert cluster.health("a") == "up"
+
+
+def test_a_bad_request_is_relayed_and_tried_nowhere_else(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2, b=2)
+    for nc in cluster.ncs.values():
+        nc.launch_failure = {"code": "ImageRejected", "message": "not qcow2", "status": 422}
+    with pytest.raises(RemoteError) as caught:
+        cluster.run(iid(1))
+    assert (caught.value.status, caught.value.code) == (422, "ImageRejected")
+    assert len(cluster.ncs["a"].instances) + len(cluster.ncs["b"].instances) == 1
+    assert cluster.health("a") == "up" and cluster.health("b") == "up"
+    assert cluster.free() == 4
+
+
+def test_a_node_whose_libvirt_is_down_is_degraded_and_gets_nothing(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    cluster.run(iid(1))
+    cluster.cc.poll()
+    cluster.ncs["a"].libvirt_down = True
+    cluster.cc.poll()
+    assert cluster.health("a") == "degraded"
+    [described] = cluster.cc.describe_instances([iid(1)])
+    assert described["reachable"] is False and described["state"]["name"] == "running"
+    assert cluster.free() == 0
+    with pytest.raises(NodesUnavailable, match=r"a \(degraded: libvirt does not answer\)"):
+        cluster.run(iid(2))
+    cluster.ncs["a"].libvirt_down = False
+    cluster.cc.poll()
+    assert cluster.health("a") == "up" and cluster.free() == 1
+
+
+def test_a_wall_clock_step_back_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    cluster.run(iid(1))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)  # an hour back
+    cluster.cc.poll()
+    assert cluster.cc._reservations == {}  # the poll after the dispatch released it
+    assert cluster.free() == 1 and cluster.health("a") == "up"
+    [described] = cluster.cc.describe_instances([iid(1)])
+    assert described["reachable"] is True
 
 
 def test_lost_answer_is_not_run_twice(tmp_path: Path) -> None:
@@ -153,7 +234,7 @@ def test_lost_answer_is_not_run_twice(tmp_path: Path) -> None:
     cluster.ncs["a"].lose_answers = True
     [view] = cluster.run(iid(1))
     assert view["node"] == "b"
-    assert cluster.ncs["a"].instances[iid(1)]["state"]["name"] == "terminated"
+    assert cluster.ncs["a"].instances[iid(1)]["nc_state"] == "terminated"
     cluster.cc.poll()
     [described] = cluster.cc.describe_instances([iid(1)])
     assert (described["node"], described["state"]["name"]) == ("b", "running")
@@ -165,14 +246,16 @@ def test_lost_answer_from_a_node_that_then_vanishes(tmp_path: Path) -> None:
     nc.lose_answers = True
     real_handle = nc.handle
 
-    def gone_after_run(method: str, path: str, body: Any) -> Any:
+    def gone_after_run(method: str, path: str, body: Any, params: Any = None) -> Any:
         if method == "DELETE":
             raise Unreachable("refused", maybe_delivered=False)
-        return real_handle(method, path, body)
+        return real_handle(method, path, body, params)
 
     nc.handle = gone_after_run  # type: ignore[method-assign]
-    with pytest.raises(Unreachable):
+    with pytest.raises(RemoteError) as caught:
         cluster.run(iid(1))
+    assert (caught.value.status, caught.value.code) == (502, "Unreachable")
+    assert f"node a may still hold {iid(1)}" in caught.value.message  # and what to do
     assert cluster.ncs["b"].instances == {}  # never run a second time
     nc.lose_answers = False
     cluster.cc.poll()  # the node answers again and lists it: a real instance
@@ -182,13 +265,13 @@ def test_lost_answer_from_a_node_that_then_vanishes(tmp_path: Path) -> None:
 
 def test_no_partial_batch(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, a=1, b=1)
-    cluster.ncs["b"].broken = True  # b fails its instance, and a has no room left for it
-    with pytest.raises(InsufficientResources, match="no other node has room"):
+    cluster.ncs["b"].launch_failure = BROKEN  # b fails its instance; a has no room left
+    with pytest.raises(NodesUnavailable, match=r"LaunchFailed: libvirt broke.*no other node"):
         cluster.run(iid(1), iid(2))
     assert cluster.ncs["a"].live() == 0  # its instance was terminated again
     assert cluster.cc._reservations == {}
     cluster.cc.poll()
-    cluster.ncs["b"].broken = False
+    cluster.ncs["b"].launch_failure = None
     cluster.cc.poll()
     assert cluster.free() == 2
 
@@ -197,8 +280,8 @@ def test_unexpected_answer_leaks_no_reservation(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, a=2)
     real_handle = cluster.ncs["a"].handle
 
-    def garbled(method: str, path: str, body: Any) -> Any:
-        return [] if method == "POST" else real_handle(method, path, body)
+    def garbled(method: str, path: str, body: Any, params: Any = None) -> Any:
+        return [] if method == "POST" else real_handle(method, path, body, params)
 
     cluster.ncs["a"].handle = garbled  # type: ignore[method-assign]
     with pytest.raises(MalleeError):
@@ -216,7 +299,7 @@ def test_restart_while_a_node_is_down_keeps_its_instances(tmp_path: Path) -> Non
         CcConfig(state_dir=str(tmp_path)),
         None,
         Metrics("test"),
-        make_client=type(cluster.cc._clients["a"].poll),
+        make_client=type(cluster.cc._clients["a"].poll.rpc),
     )
     again.poll()
     [described] = again.describe_instances([iid(1)])
@@ -243,12 +326,12 @@ def test_an_id_still_being_run_is_a_duplicate(tmp_path: Path) -> None:
     real_handle = nc.handle
     seen: list[str] = []
 
-    def run_it_again_meanwhile(method: str, path: str, body: Any) -> Any:
+    def run_it_again_meanwhile(method: str, path: str, body: Any, params: Any = None) -> Any:
         if method == "POST" and not seen:
             seen.append("once")
             with pytest.raises(InstanceAlreadyExists):
                 cluster.run(iid(1))  # the same id, while its first run is under way
-        return real_handle(method, path, body)
+        return real_handle(method, path, body, params)
 
     nc.handle = run_it_again_meanwhile  # type: ignore[method-assign]
     cluster.run(iid(1))
@@ -261,16 +344,15 @@ def test_failure_after_a_poll_saw_it_staging_still_moves_on(tmp_path: Path) -> N
     cluster = Cluster(tmp_path, a=2, b=2)
     nc = cluster.ncs["a"]
 
-    def stage_poll_then_fail(method: str, path: str, body: Any) -> Any:
+    def stage_poll_then_fail(method: str, path: str, body: Any, params: Any = None) -> Any:
         if method == "POST":
-            nc.instances[body["instance_id"]] = {
-                "instance_id": body["instance_id"],
-                "state": {"name": "pending", "code": 0},
-            }
+            instance_id = body["instance_id"]
+            nc.instances[instance_id] = nc_view(instance_id, "staging")
             cluster.cc.poll()
-            del nc.instances[body["instance_id"]]
-            raise RemoteError(500, "LaunchFailed", "disk full")
-        return FakeNc.handle(nc, method, path, body)
+            failure = {"code": "LaunchFailed", "message": "disk full", "status": 500}
+            nc.instances[instance_id] = nc_view(instance_id, "terminated", failure)
+            return nc_view(instance_id, "staging")
+        return FakeNc.handle(nc, method, path, body, params)
 
     nc.handle = stage_poll_then_fail  # type: ignore[method-assign]
     [view] = cluster.run(iid(1))

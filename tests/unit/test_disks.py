@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mallee.common.errors import InvalidParameter
+from mallee.common.errors import HostCommandFailed, InvalidParameter
 from mallee.nc import disks
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -39,3 +39,14 @@ def test_create_makes_overlay_ephemeral_and_swap(tmp_path: Path) -> None:
         text=True,
     ).stdout.strip()
     assert blkid == "ext4"
+
+
+def test_a_file_that_is_not_its_declared_format_fails_without_naming_it(tmp_path: Path) -> None:
+    """What images.py turns into ImageRejected: the answer must not show the cache path."""
+    not_qcow2 = tmp_path / "sha256-0123.part"
+    not_qcow2.write_bytes(b"\0" * 4096)
+    with pytest.raises(HostCommandFailed) as caught:
+        disks.image_info(not_qcow2, "qcow2")
+    assert caught.value.message.startswith("qemu-img failed on this node")
+    assert str(tmp_path) not in caught.value.message
+    assert "qcow2" in caught.value.stderr  # qemu-img's own words, for the log

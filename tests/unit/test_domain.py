@@ -78,6 +78,13 @@ def test_same_spec_same_bytes() -> None:
     assert render_domain_xml(spec("qemu")) == render_domain_xml(spec("qemu"))
 
 
+def test_twenty_six_disks_are_vda_to_vdz() -> None:
+    disks = tuple(DiskSpec(f"/d/{n}.img", "raw") for n in range(26))
+    root = ElementTree.fromstring(render_domain_xml(spec("kvm", disks=disks)))
+    targets = [t.get("dev") for t in root.iter("target") if t.get("bus")]
+    assert targets[0] == "vda" and targets[-1] == "vdz" and len(set(targets)) == 26
+
+
 def test_xen_is_paravirtual() -> None:
     root = ElementTree.fromstring(render_domain_xml(CASES["xen-pv"]))
     assert root.findtext("./os/type") == "linux"
@@ -94,12 +101,15 @@ def test_values_are_escaped() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"memory_mb": 8}, "memory"),
-        ({"memory_mb": 256.0}, "memory"),
-        ({"vcpus": 0}, "vcpus"),
-        ({"name": "bad name"}, "domain name"),
-        ({"kernel": None, "ramdisk": None, "disks": ()}, "nothing to boot"),
-        ({"kernel": None}, "ramdisk needs a kernel"),
+        ({"memory_mb": 8}, r"memory 8 MiB: need an int of at least 16"),
+        ({"memory_mb": 256.0}, r"memory 256\.0 MiB: need an int"),
+        ({"vcpus": 0}, r"vcpus 0: need an int of at least 1"),
+        ({"vcpus": 1.0}, r"vcpus 1\.0: need an int"),
+        ({"name": "bad name"}, r"domain name 'bad name' is not a valid name"),
+        ({"name": "i-" + "0" * 63}, r"domain name 'i-0+' is not a valid name"),
+        ({"kernel": None, "ramdisk": None, "disks": ()}, r"nothing to boot"),
+        ({"kernel": None}, r"a ramdisk needs a kernel"),
+        ({"disks": DISKS * 9}, r"at most 26 disks"),
     ],
 )
 def test_bad_specs_are_refused(changes: dict[str, object], message: str) -> None:
@@ -108,19 +118,19 @@ def test_bad_specs_are_refused(changes: dict[str, object], message: str) -> None
 
 
 def test_unknown_virt_type() -> None:
-    with pytest.raises(ValueError, match="virt type"):
+    with pytest.raises(ValueError, match=r"virt type 'lxc' is not one of"):
         spec("lxc")
 
 
 def test_xen_needs_a_kernel() -> None:
-    with pytest.raises(ValueError, match="xen"):
+    with pytest.raises(ValueError, match=r"a xen \(paravirtual\) domain needs a kernel"):
         spec("xen", kernel=None, ramdisk=None)
 
 
 def test_bad_nic_and_disk() -> None:
-    with pytest.raises(ValueError, match="MAC"):
+    with pytest.raises(ValueError, match=r"MAC 'D0:0D:12:34:56:78' is not six lower-case"):
         NicSpec("D0:0D:12:34:56:78")
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(ValueError, match=r"disk format 'vmdk' is not one of"):
         DiskSpec("/x", "vmdk")
-    with pytest.raises(ValueError, match="absolute"):
+    with pytest.raises(ValueError, match=r"disk path 'x.qcow2' is not absolute"):
         DiskSpec("x.qcow2")

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 
 from mallee.common.errors import (
+    HostCommandFailed,
     ImageDigestMismatch,
     ImageFetchFailed,
     ImageRejected,
     ImageTooLarge,
 )
-from mallee.nc.images import ImageCache
+from mallee.nc.images import Cancellation, ImageCache, LaunchCancelled
 from mallee.nc.model import ImageRef
+from tests.support.guest import wait_until
 from tests.support.http import FileServer
 
 
@@ -131,3 +133,109 @@ def test_lru_order_survives_restart(tmp_path: Path, file_server: FileServer) -> 
     os.utime(images.fetch(b), (1, 1))
     images.fetch(a)
     assert [p.name for p in cache(tmp_path, 10_000).entries()] == [b.sha256, a.sha256]
+
+
+def fetch_in_thread(
+    images: ImageCache, image: ImageRef, cancellation: Cancellation
+) -> list[object]:
+    """Start a fetch; the list gets its outcome (a path or the exception)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(images.fetch(image, cancellation))
+        except Exception as e:
+            outcome.append(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    return outcome
+
+
+def test_cancelled_fetch_stops_at_once_and_so_does_the_download(
+    tmp_path: Path, file_server: FileServer
+) -> None:
+    file_server.bytes_per_s = 64 << 10  # 4 MiB would take a minute
+    image = publish(file_server, "slow.img", 4 << 20)
+    images = cache(tmp_path, 64 << 20)
+    cancellation = Cancellation()
+    outcome = fetch_in_thread(images, image, cancellation)
+    wait_until(lambda: bool(file_server.gets), 10, "the download to start")
+
+    cancellation.cancel()
+
+    wait_until(lambda: bool(outcome), 2, "the fetch to give up")
+    assert isinstance(outcome[0], LaunchCancelled)
+    wait_until(lambda: file_server.aborted["/slow.img"] == 1, 10, "the download to stop")
+    wait_until(lambda: not list(images.directory.iterdir()), 10, "the partial file to go")
+
+
+def test_a_cancelled_fetch_leaves_others_their_download(
+    tmp_path: Path, file_server: FileServer
+) -> None:
+    file_server.bytes_per_s = 2 << 20
+    image = publish(file_server, "shared.img", 2 << 20)
+    images = cache(tmp_path, 64 << 20)
+    leaving, staying = Cancellation(), Cancellation()
+    left = fetch_in_thread(images, image, leaving)
+    stayed = fetch_in_thread(images, image, staying)
+    wait_until(lambda: bool(file_server.gets), 10, "the download to start")
+    leaving.cancel()
+    wait_until(lambda: bool(left) and bool(stayed), 30, "both fetches to end")
+    assert isinstance(left[0], LaunchCancelled)
+    assert stayed == [images.path(image)] and images.path(image).exists()
+    assert file_server.gets["/shared.img"] == 1 and not file_server.aborted
+
+
+def test_a_download_over_its_time_is_cut(tmp_path: Path, file_server: FileServer) -> None:
+    file_server.bytes_per_s = 64 << 10
+    image = publish(file_server, "slow.img", 4 << 20)
+    images = ImageCache(tmp_path / "cache", 64 << 20, set, timeout_s=1)
+    with pytest.raises(ImageFetchFailed, match=r"longer than 1 s \(image_fetch_timeout_s\)"):
+        images.fetch(image)
+    wait_until(lambda: not list(images.directory.iterdir()), 10, "the partial file to go")
+
+
+def test_a_fetch_after_the_last_one_left_downloads_anew(
+    tmp_path: Path, file_server: FileServer
+) -> None:
+    """The stopped download is not joined: a launch that comes after every earlier one
+    was cancelled gets the image."""
+    file_server.bytes_per_s = 64 << 10
+    image = publish(file_server, "slow.img", 4 << 20)
+    images = cache(tmp_path, 64 << 20)
+    cancellation = Cancellation()
+    first = fetch_in_thread(images, image, cancellation)
+    wait_until(lambda: bool(file_server.gets), 10, "the download to start")
+    cancellation.cancel()
+    wait_until(lambda: bool(first), 2, "the first fetch to give up")
+    file_server.bytes_per_s = 0  # the server is quick again
+
+    assert images.fetch(image) == images.path(image)
+    assert file_server.gets["/slow.img"] == 2
+
+
+def test_a_silent_server_fails_the_fetch_when_its_time_is_up(
+    tmp_path: Path, file_server: FileServer
+) -> None:
+    """image_fetch_timeout_s bounds the launch's wait even when the server sends
+    nothing at all (its read timeout would be far longer)."""
+    file_server.delay_s = 10
+    image = publish(file_server, "silent.img", 1000)
+    images = ImageCache(tmp_path / "cache", 64 << 20, set, timeout_s=1)
+    outcome = fetch_in_thread(images, image, Cancellation())
+    wait_until(lambda: bool(outcome), 4, "the fetch to fail")
+    assert isinstance(outcome[0], ImageFetchFailed)
+    assert "longer than 1 s" in outcome[0].message
+
+
+def test_a_node_without_qemu_img_is_the_nodes_fault(
+    tmp_path: Path, file_server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """qemu-img missing (or stuck) says nothing about the image: a 500 the CC moves
+    on from, not a 422 that would blame the request."""
+    image = publish(file_server, "disk.qcow2", 1000)
+    image = ImageRef(image.id, image.url, image.digest, "qcow2")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-img here
+    with pytest.raises(HostCommandFailed, match="qemu-img failed on this node") as caught:
+        cache(tmp_path, 64 << 20).fetch(image)
+    assert caught.value.status == 500

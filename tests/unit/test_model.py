@@ -1,18 +1,18 @@
+import time
+
+import pytest
+
 from mallee.common.capacity import VmType
-from mallee.nc.model import EC2_STATE, ImageRef, Instance, NcState, NetConfig
+from mallee.nc.model import Failure, ImageRef, Instance, NcState, NetConfig
 
-EC2 = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48}
-
-
-def test_every_nc_state_maps_to_ec2() -> None:
-    assert set(EC2_STATE) == set(NcState)
-    for name, code in EC2_STATE.values():
-        assert EC2[name] == code
-
-
-def test_staging_is_pending_and_teardown_is_shutting_down() -> None:
-    assert EC2_STATE[NcState.STAGING] == ("pending", 0)
-    assert EC2_STATE[NcState.TEARDOWN] == ("shutting-down", 32)
+# EC2's InstanceState (name, code) as AWS documents it, the pairs EC2 clients know; the NC
+# never stops a guest, so "stopping" (64) and "stopped" (80) are never shown.
+EC2_DESCRIBES = {
+    NcState.STAGING: ("pending", 0),  # launching: images fetched, disks made
+    NcState.RUNNING: ("running", 16),
+    NcState.TEARDOWN: ("shutting-down", 32),  # domain destroyed, disks removed
+    NcState.TERMINATED: ("terminated", 48),
+}
 
 
 def instance() -> Instance:
@@ -29,9 +29,23 @@ def instance() -> Instance:
     )
 
 
+@pytest.mark.parametrize("state", list(NcState))
+def test_every_state_is_described_as_ec2_does(state: NcState) -> None:
+    """A state added without its EC2 name fails here (KeyError), as describeInstances
+    would for a caller."""
+    name, code = EC2_DESCRIBES[state]
+    view = instance().with_state(state).to_api()
+    assert view["state"] == {"name": name, "code": code}
+    assert view["nc_state"] == state.value
+
+
 def test_record_round_trip() -> None:
-    original = instance().with_state(NcState.RUNNING)
-    assert Instance.from_record(original.to_record()) == original
+    failure = Failure("ImageFetchFailed", "http://x/i answered 404", 422)
+    original = instance().with_state(NcState.TEARDOWN, "launch failed", failure)
+    restored = Instance.from_record(original.to_record())
+    assert restored == original
+    assert restored.failure == failure and restored.ramdisk is None
+    assert restored.net.vlan == 10 and restored.state is NcState.TEARDOWN
 
 
 def test_api_view_carries_both_states() -> None:
@@ -40,7 +54,28 @@ def test_api_view_carries_both_states() -> None:
     assert view["nc_state"] == "teardown"
     assert view["state_reason"] == "user request"
     assert view["kernel_id"] == "eki-12345678" and view["ramdisk_id"] is None
+    assert view["image_id"] == "emi-12345678"
+    assert view["failure"] is None
 
 
 def test_terminated_records_when() -> None:
-    assert instance().with_state(NcState.TERMINATED).terminated_at is not None
+    running = instance().with_state(NcState.RUNNING)
+    assert running.terminated_at is None
+    before = time.time()
+    terminated = running.with_state(NcState.TERMINATED)
+    after = time.time()
+    assert terminated.terminated_at is not None
+    assert before <= terminated.terminated_at <= after
+
+
+def test_a_launch_failure_stays_visible_once_terminated() -> None:
+    """The CC learns why a launch failed from the terminated instance, not only while
+    it is torn down."""
+    failure = Failure("LaunchFailed", "libvirt refused the domain", 500)
+    failed = instance().with_state(NcState.TEARDOWN, "launch failed", failure)
+    view = failed.with_state(NcState.TERMINATED, "launch failed").to_api()
+    assert view["failure"] == {
+        "code": "LaunchFailed",
+        "message": "libvirt refused the domain",
+        "status": 500,
+    }

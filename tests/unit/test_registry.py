@@ -29,8 +29,13 @@ def test_one_node_one_spelling(tmp_path: Path) -> None:
 def test_a_late_report_never_replaces_a_newer_one(tmp_path: Path) -> None:
     registry = NodeRegistry(tmp_path / "cc.db")
     registry.add("a", "https://a:8775")
-    registry.save_report("a", 2.0, {"i-1": {"state": "running"}})
-    registry.save_report("a", 1.0, {})
-    assert NodeRegistry(tmp_path / "cc.db").reports() == {"a": (2.0, {"i-1": {"state": "running"}})}
+    # polls begun at (monotonic) 2 and 1; the wall clock stepped back between them
+    registry.save_report("a", 2.0, 1000.0, {"i-1": {"state": "running"}})
+    registry.save_report("a", 1.0, 2000.0, {})
+    assert NodeRegistry(tmp_path / "cc.db").reports() == {
+        "a": (1000.0, {"i-1": {"state": "running"}})
+    }
+    registry.save_report("a", 3.0, 900.0, {})  # a newer poll, the wall clock further back
+    assert registry.reports() == {"a": (900.0, {})}
     registry.remove("a")
     assert registry.reports() == {}

@@ -1,6 +1,7 @@
-"""NodeController on libvirt's test driver: admission, failures that leave nothing behind,
-the monitor's reconciliation and recovery after a restart. Real images over loopback HTTP,
-real qemu-img disks; only the hypervisor is libvirt's test driver."""
+"""NodeController on libvirt's test driver: admission, launches that fail or are
+cancelled leaving nothing behind, the monitor's reconciliation and recovery after a
+restart. Real images over loopback HTTP, real qemu-img disks; only the hypervisor is
+libvirt's test driver."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import itertools
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +18,9 @@ import libvirt
 import pytest
 
 from mallee.common.capacity import VmType
-from mallee.common.config import NcConfig
 from mallee.common.errors import (
     HypervisorError,
-    ImageFetchFailed,
+    HypervisorUnavailable,
     IncorrectInstanceState,
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -27,8 +28,11 @@ from mallee.common.errors import (
     InvalidParameter,
     NetworkNotStarted,
 )
+from mallee.nc.config import NcConfig
 from mallee.nc.model import ImageRef, Instance, NcState, NetConfig
-from mallee.nc.service import NodeController
+from mallee.nc.service import NodeController, RefusedToStart
+from mallee.nc.store import MARKER, RECORD
+from tests.support.guest import wait_until
 from tests.support.http import FileServer
 
 SMALL = VmType("m1.small", 1, 256, 1)
@@ -62,61 +66,125 @@ def nc(config: NcConfig) -> NodeController:
     return NodeController(config)
 
 
+@pytest.fixture(autouse=True)
+def _no_domains_left() -> Iterator[None]:
+    yield
+    conn = libvirt.open("test:///default")
+    for dom in conn.listAllDomains():
+        if dom.name().startswith("i-") and dom.isActive():
+            dom.destroy()
+
+
 def new(image: ImageRef, vm: VmType = SMALL, **changes: object) -> Instance:
     instance_id = f"i-{next(_ids):017x}"
     return Instance(instance_id, "r-01234567", "alice", vm, image, **changes)  # type: ignore[arg-type]
+
+
+def state_of(nc: NodeController, instance_id: str) -> Instance:
+    [instance] = nc.describe_instances([instance_id])
+    return instance
+
+
+def settle(nc: NodeController, instance_id: str, *states: NcState) -> Instance:
+    """The instance once it is in one of ``states`` (default: out of staging)."""
+    wanted = states or (NcState.RUNNING, NcState.TEARDOWN, NcState.TERMINATED)
+    wait_until(lambda: state_of(nc, instance_id).state in wanted, 30, f"{instance_id} {wanted}")
+    return state_of(nc, instance_id)
+
+
+def launched(nc: NodeController, instance: Instance) -> Instance:
+    """runInstance, then the launch's outcome."""
+    assert nc.run_instance(instance).state is NcState.STAGING
+    return settle(nc, instance.instance_id)
 
 
 def domains(nc: NodeController) -> set[str]:
     return nc.hypervisor.active_domains()
 
 
-def folders(nc: NodeController) -> list[str]:
-    return sorted(p.name for p in nc.store.root.iterdir())
+def leftovers(nc: NodeController) -> list[str]:
+    """What instances left in the instance folder, besides the folder's marker and the
+    records of terminated instances (kept for terminated_retention_s)."""
+    left = []
+    for path in sorted(nc.store.root.rglob("*")):
+        relative = str(path.relative_to(nc.store.root))
+        if relative == MARKER or path.is_dir():
+            continue
+        if path.name == RECORD and state_of(nc, path.parent.name).state is NcState.TERMINATED:
+            continue
+        left.append(relative)
+    return left
 
 
 def test_run_describe_terminate(nc: NodeController, image: ImageRef) -> None:
-    running = nc.run_instance(new(image))
-    assert running.state is NcState.RUNNING
+    instance = new(image)
+    pending = nc.run_instance(instance)
+    assert pending.state is NcState.STAGING  # answered before the launch
+    running = settle(nc, instance.instance_id)
+    assert running.state is NcState.RUNNING and running.failure is None
     assert domains(nc) == {running.instance_id}
     assert nc.describe_resource()["cores_available"] == 1
-    [described] = nc.describe_instances([running.instance_id])
-    assert described == running
     terminated = nc.terminate_instance(running.instance_id)
     assert terminated.state is NcState.TERMINATED and terminated.state_reason == "user request"
-    assert domains(nc) == set() and folders(nc) == []
+    assert domains(nc) == set() and leftovers(nc) == []
     assert nc.describe_resource()["cores_available"] == 2
     assert nc.terminate_instance(running.instance_id).state is NcState.TERMINATED
 
 
 def test_duplicate_id(nc: NodeController, image: ImageRef) -> None:
-    instance = nc.run_instance(new(image))
+    instance = launched(nc, new(image))
     with pytest.raises(InstanceAlreadyExists):
         nc.run_instance(instance)
-    assert domains(nc) == {instance.instance_id}
+    nc.terminate_instance(instance.instance_id)
+    with pytest.raises(InstanceAlreadyExists):  # a terminated id is not reused either
+        nc.run_instance(instance)
+    assert domains(nc) == set()
 
 
 def test_insufficient_resources_leave_nothing(nc: NodeController, image: ImageRef) -> None:
-    nc.run_instance(new(image, VmType("m1.large", 2, 512, 1)))
+    launched(nc, new(image, VmType("m1.large", 2, 512, 1)))
     with pytest.raises(InsufficientResources, match=r"needs 1 cores.*0 cores"):
         nc.run_instance(new(image))
-    assert len(folders(nc)) == 1 and len(domains(nc)) == 1
+    assert len(leftovers(nc)) == 5 and len(domains(nc)) == 1  # the first one's files
     assert nc.describe_resource()["instances"] == 1
 
 
-def test_failed_download_leaves_nothing(nc: NodeController, image: ImageRef) -> None:
-    missing = ImageRef("emi-87654321", image.url + ".missing", "sha256:" + "0" * 64)
-    with pytest.raises(ImageFetchFailed, match="404"):
-        nc.run_instance(new(missing))
-    assert folders(nc) == [] and domains(nc) == set() and nc.describe_instances() == []
+@pytest.mark.parametrize(
+    ("change", "code", "status", "says"),
+    [
+        ({"url_suffix": ".missing"}, "ImageFetchFailed", 422, "answered 404"),
+        ({"digest": "sha256:" + "0" * 64}, "ImageDigestMismatch", 422, "expected sha256:000"),
+        ({"format": "qcow2"}, "ImageRejected", 422, "declared qcow2"),
+    ],
+)
+def test_a_bad_image_fails_the_launch_as_the_requests_fault(
+    nc: NodeController, image: ImageRef, change: dict[str, str], code: str, status: int, says: str
+) -> None:
+    bad = replace(
+        image,
+        url=image.url + change.get("url_suffix", ""),
+        digest=change.get("digest", image.digest),
+        format=change.get("format", image.format),
+    )
+    instance = new(bad)
+    failed = launched(nc, instance)
+    assert failed.state is NcState.TERMINATED and failed.state_reason == "launch failed"
+    assert failed.failure is not None
+    assert (failed.failure.code, failed.failure.status) == (code, status)
+    assert says in failed.failure.message
+    assert str(nc.images.directory) not in failed.failure.message  # no host paths
+    assert domains(nc) == set() and leftovers(nc) == []
+    assert not list(nc.images.directory.iterdir())  # no partial download
     assert nc.describe_resource()["cores_available"] == 2
 
 
-def test_disk_too_small_leaves_nothing(config: NcConfig, image: ImageRef) -> None:
+def test_disk_too_small_fails_the_launch(config: NcConfig, image: ImageRef) -> None:
     nc = NodeController(replace(config, swap_mb=2048))
-    with pytest.raises(InvalidParameter, match="cannot hold"):
-        nc.run_instance(new(image))
-    assert folders(nc) == [] and domains(nc) == set()
+    failed = launched(nc, new(image))
+    assert failed.failure is not None
+    assert (failed.failure.code, failed.failure.status) == ("InvalidParameterValue", 400)
+    assert "cannot hold" in failed.failure.message
+    assert leftovers(nc) == [] and domains(nc) == set()
 
 
 def test_unstarted_network_is_refused(nc: NodeController, image: ImageRef) -> None:
@@ -124,7 +192,7 @@ def test_unstarted_network_is_refused(nc: NodeController, image: ImageRef) -> No
         nc.run_instance(new(image, net=NetConfig(private_mac="d0:0d:00:00:00:01", vlan=4000)))
     with pytest.raises(InvalidParameter, match="public_bridge"):
         nc.run_instance(new(image, net=NetConfig(public_mac="d0:0d:00:00:00:01")))
-    assert folders(nc) == []
+    assert leftovers(nc) == [] and nc.describe_instances() == []
 
 
 def test_unknown_instance(nc: NodeController) -> None:
@@ -136,40 +204,68 @@ def test_unknown_instance(nc: NodeController) -> None:
 
 
 def test_monitor_cleans_up_a_stopped_guest(nc: NodeController, image: ImageRef) -> None:
-    instance = nc.run_instance(new(image))
+    instance = launched(nc, new(image))
     libvirt.open("test:///default").lookupByName(instance.instance_id).destroy()
     nc.reconcile()
-    [after] = nc.describe_instances()
-    assert after.state is NcState.TERMINATED and after.state_reason == "the guest stopped"
-    assert folders(nc) == []
+    after = settle(nc, instance.instance_id, NcState.TERMINATED)
+    assert after.state_reason == "the guest stopped"
+    assert leftovers(nc) == []
 
 
 def test_terminated_instances_are_forgotten(config: NcConfig, image: ImageRef) -> None:
     nc = NodeController(replace(config, terminated_retention_s=0))
-    instance = nc.run_instance(new(image))
+    instance = launched(nc, new(image))
     nc.terminate_instance(instance.instance_id)
     nc.reconcile()
     assert nc.describe_instances() == []
+    assert not nc.store.directory(instance.instance_id).exists()
+
+
+def test_a_wall_clock_step_forgets_no_terminated_instance_early(
+    nc: NodeController, image: ImageRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = launched(nc, new(image))
+    nc.terminate_instance(instance.instance_id)
+    two_hours_on = time.time() + 7200  # the wall clock jumps past the hour's retention
+    monkeypatch.setattr(time, "time", lambda: two_hours_on)
+    nc.reconcile()
+    assert state_of(nc, instance.instance_id).state is NcState.TERMINATED
+
+
+def test_terminated_instances_stay_visible_across_a_restart(
+    config: NcConfig, nc: NodeController, image: ImageRef
+) -> None:
+    instance = launched(nc, new(image))
+    nc.terminate_instance(instance.instance_id)
+    restarted = NodeController(config)
+    after = state_of(restarted, instance.instance_id)
+    assert after.state is NcState.TERMINATED and after.state_reason == "user request"
+    assert restarted.describe_resource()["cores_available"] == 2
+    assert leftovers(restarted) == []
 
 
 def test_recovery_keeps_running_and_cleans_the_rest(
     config: NcConfig, nc: NodeController, image: ImageRef
 ) -> None:
-    kept = nc.run_instance(new(image))
-    vanished = nc.run_instance(new(image))
+    kept = launched(nc, new(image))
+    vanished = launched(nc, new(image))
     libvirt.open("test:///default").lookupByName(vanished.instance_id).destroy()
     # a launch the old process never finished: record written, disks half made
     half = new(image)
     nc.store.create(half)
     (nc.store.directory(half.instance_id) / "root.qcow2").write_bytes(b"partial")
-    # a folder without a record, and a domain of this node without either
+    # a folder without a record, a folder that is no instance's, and a domain of this
+    # node without either
     (nc.store.root / "i-0000000000000dead").mkdir()
+    (nc.store.root / "lost+found").mkdir()
     orphan = new(image)
     kept_xml = (nc.store.directory(kept.instance_id) / "domain.xml").read_text()
     nc.hypervisor.start(kept_xml.replace(kept.instance_id, orphan.instance_id))
 
     restarted = NodeController(config)
 
+    for gone in (vanished, half):
+        settle(restarted, gone.instance_id, NcState.TERMINATED)
     states = {i.instance_id: i.state for i in restarted.describe_instances()}
     assert states == {
         kept.instance_id: NcState.RUNNING,
@@ -177,15 +273,64 @@ def test_recovery_keeps_running_and_cleans_the_rest(
         half.instance_id: NcState.TERMINATED,
     }
     assert domains(restarted) == {kept.instance_id}
-    assert folders(restarted) == [kept.instance_id]
+    assert {p.name for p in restarted.store.root.iterdir()} == {
+        MARKER,
+        "lost+found",  # never removed: not an instance's folder
+        kept.instance_id,
+        vanished.instance_id,  # their terminated records
+        half.instance_id,
+    }
     assert restarted.terminate_instance(kept.instance_id).state is NcState.TERMINATED
-    assert domains(restarted) == set() and folders(restarted) == []
+    assert domains(restarted) == set() and leftovers(restarted) == []
+
+
+def test_refuses_an_empty_instance_dir_while_its_guests_run(
+    config: NcConfig, nc: NodeController, image: ImageRef, tmp_path: Path
+) -> None:
+    """A changed or unmounted instance_dir: the NC refuses to start, destroys nothing."""
+    running = launched(nc, new(image))
+    elsewhere = replace(config, instance_dir=str(tmp_path / "unmounted"))
+    with pytest.raises(RefusedToStart, match=r"not the folder this node used before"):
+        NodeController(elsewhere)
+    assert domains(nc) == {running.instance_id}
+    assert not (tmp_path / "unmounted" / MARKER).exists()  # and it did not claim it
+    again = NodeController(config)  # the right folder: starts, keeps the guest
+    assert state_of(again, running.instance_id).state is NcState.RUNNING
+
+
+def test_libvirt_back_showing_guests_of_a_strange_folder_means_serving_none(
+    config: NcConfig, nc: NodeController, image: ImageRef, tmp_path: Path
+) -> None:
+    """Started on a changed instance_dir while libvirt was away, too late to refuse to
+    start: once libvirt shows this node's guests, the NC serves no instance (so the CC
+    sees it degraded) and destroys nothing."""
+    running = launched(nc, new(image))
+    elsewhere = replace(
+        config, instance_dir=str(tmp_path / "unmounted"), libvirt_uri="test:///missing.xml"
+    )
+    late = NodeController(elsewhere)  # libvirt does not answer: it starts
+    late.hypervisor.uri = "test:///default"  # libvirt answers again
+    late.reconcile()
+    resource = late.describe_resource()
+    assert resource["hypervisor_reachable"] is False
+    assert "not the folder this node used before" in str(resource["hypervisor_error"])
+    with pytest.raises(HypervisorUnavailable, match="serves no instance"):
+        late.run_instance(new(image))
+    with pytest.raises(HypervisorUnavailable, match="serves no instance"):
+        late.describe_instances()
+    assert domains(nc) == {running.instance_id}
+    assert not (tmp_path / "unmounted" / MARKER).exists()
+
+
+def test_refuses_another_nodes_instance_dir(config: NcConfig, nc: NodeController) -> None:
+    with pytest.raises(RefusedToStart, match=f"belongs to node '{config.node_name}'"):
+        NodeController(replace(config, node_name="another-node"))
 
 
 def test_other_nodes_domains_are_left_alone(
     config: NcConfig, nc: NodeController, image: ImageRef, tmp_path: Path
 ) -> None:
-    mine = nc.run_instance(new(image))
+    mine = launched(nc, new(image))
     other = NodeController(
         replace(config, node_name="someone-else", instance_dir=str(tmp_path / "other"))
     )
@@ -196,44 +341,49 @@ def test_other_nodes_domains_are_left_alone(
 
 
 def test_reboot_needs_a_running_instance(nc: NodeController, image: ImageRef) -> None:
-    instance = nc.run_instance(new(image))
+    instance = launched(nc, new(image))
     assert nc.reboot_instance(instance.instance_id).state is NcState.RUNNING
     nc.terminate_instance(instance.instance_id)
     with pytest.raises(IncorrectInstanceState, match="terminated, not running"):
         nc.reboot_instance(instance.instance_id)
 
 
-@pytest.fixture(autouse=True)
-def _no_domains_left(config: NcConfig) -> object:
-    yield
-    conn = libvirt.open("test:///default")
-    for dom in conn.listAllDomains():
-        if dom.name().startswith("i-") and dom.isActive():
-            dom.destroy()
-
-
-def test_terminate_while_staging(
+def test_terminate_during_a_download_stops_it_and_frees_at_once(
     nc: NodeController, image: ImageRef, file_server: FileServer
 ) -> None:
-    file_server.delay_s = 1.0  # the launch sits in its image download
+    file_server.bytes_per_s = 64 << 10  # the 16 MiB image would take minutes
     instance = new(image)
-    results: list[Instance] = []
-    launch = threading.Thread(target=lambda: results.append(nc.run_instance(instance)))
-    launch.start()
-    while not nc.describe_instances():
-        time.sleep(0.01)
-    assert nc.terminate_instance(instance.instance_id).state is NcState.TEARDOWN
-    launch.join()
-    assert results[0].state is NcState.TERMINATED
-    assert results[0].state_reason == "terminated while pending"
-    assert domains(nc) == set() and folders(nc) == []
-    assert nc.describe_resource()["instances"] == 0
+    nc.run_instance(instance)
+    wait_until(lambda: bool(file_server.gets), 10, "the download to start")
+    assert nc.describe_resource()["cores_available"] == 1
+
+    terminated = nc.terminate_instance(instance.instance_id)
+
+    assert terminated.state is NcState.TERMINATED and terminated.state_reason == "user request"
+    assert terminated.failure is None
+    assert nc.describe_resource()["cores_available"] == 2
+    assert leftovers(nc) == [] and domains(nc) == set()
+    wait_until(lambda: not list(nc.images.directory.iterdir()), 10, "the .part to go")
+    wait_until(lambda: file_server.aborted["/root.raw"] == 1, 10, "the download to stop")
+
+
+def test_terminate_of_a_queued_launch(
+    config: NcConfig, image: ImageRef, file_server: FileServer
+) -> None:
+    nc = NodeController(replace(config, launch_workers=1))
+    file_server.bytes_per_s = 64 << 10
+    first, queued = new(image), new(image)
+    nc.run_instance(first)
+    nc.run_instance(queued)  # waits for the one launch worker
+    assert nc.terminate_instance(queued.instance_id).state is NcState.TERMINATED
+    assert nc.terminate_instance(first.instance_id).state is NcState.TERMINATED
+    assert nc.describe_resource()["instances"] == 0 and leftovers(nc) == []
 
 
 def test_failed_teardown_is_retried_by_the_monitor(
     nc: NodeController, image: ImageRef, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    instance = nc.run_instance(new(image))
+    instance = launched(nc, new(image))
     real_destroy = nc.hypervisor.destroy
 
     def destroy_fails_once(name: str) -> None:
@@ -243,22 +393,49 @@ def test_failed_teardown_is_retried_by_the_monitor(
     monkeypatch.setattr(nc.hypervisor, "destroy", destroy_fails_once)
     with pytest.raises(HypervisorError):
         nc.terminate_instance(instance.instance_id)
-    [stuck] = nc.describe_instances()
+    stuck = state_of(nc, instance.instance_id)
     assert stuck.state is NcState.TEARDOWN
     assert nc.describe_resource()["instances"] == 1  # still holds what it was promised
     nc.reconcile()
-    [done] = nc.describe_instances()
-    assert done.state is NcState.TERMINATED and done.state_reason == "user request"
-    assert domains(nc) == set() and folders(nc) == []
+    done = settle(nc, instance.instance_id, NcState.TERMINATED)
+    assert done.state_reason == "user request"
+    assert domains(nc) == set() and leftovers(nc) == []
+
+
+def test_a_domain_that_will_not_die_holds_up_no_other(
+    nc: NodeController, image: ImageRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libvirt hangs destroying one domain: the monitor still tears down another."""
+    stuck, other = launched(nc, new(image)), launched(nc, new(image))
+    released = threading.Event()
+    real_destroy = nc.hypervisor.destroy
+
+    def destroy(name: str) -> None:
+        if name == stuck.instance_id:
+            released.wait(30)
+        real_destroy(name)
+
+    monkeypatch.setattr(nc.hypervisor, "destroy", destroy)
+    conn = libvirt.open("test:///default")
+    for instance in (stuck, other):
+        conn.lookupByName(instance.instance_id).destroy()  # both guests stop
+    try:
+        nc.reconcile()
+        settle(nc, other.instance_id, NcState.TERMINATED)
+        nc.reconcile()  # a second pass while the first teardown still hangs
+        assert state_of(nc, stuck.instance_id).state is NcState.RUNNING
+    finally:
+        released.set()
+    settle(nc, stuck.instance_id, NcState.TERMINATED)
 
 
 def test_unreadable_record_is_left_alone(
     config: NcConfig, nc: NodeController, image: ImageRef
 ) -> None:
-    instance = nc.run_instance(new(image))
+    instance = launched(nc, new(image))
     record = nc.store.directory(instance.instance_id) / "instance.json"
     record.write_text('{"written by": "a future version"}')
     restarted = NodeController(config)
     assert restarted.describe_instances() == []
     assert domains(restarted) == {instance.instance_id}  # not destroyed
-    assert folders(restarted) == [instance.instance_id]  # not removed
+    assert nc.store.directory(instance.instance_id).exists()  # not removed

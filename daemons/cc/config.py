@@ -1,0 +1,28 @@
+"""The ``[cc]`` section of the host's config file; ``etc/mallee.conf.example`` says what
+each key does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from mallee.common.config import DaemonConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class CcConfig(DaemonConfig):
+    section_name: ClassVar[str] = "cc"
+
+    port: int = 8774
+    threads: int = 32
+    tls_cert: str = "/etc/mallee/tls/cc.pem"
+    tls_key: str = "/etc/mallee/tls/cc.key"
+    allowed_clients: list[str] = field(default_factory=lambda: ["clc", "admin"])
+    state_dir: str = "/var/lib/mallee/cc"
+    scheduler: str = "first-fit"
+    poll_interval_s: float = 5.0
+    poll_timeout_s: float = 3.0
+    poll_workers: int = 32
+    down_after_s: float = 15.0
+    run_timeout_s: float = 600.0
+    dispatch_workers: int = 16
