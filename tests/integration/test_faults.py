@@ -104,7 +104,7 @@ def test_many_cold_launches_leave_polls_and_terminates_answered(
     instance is not queued behind the dispatches (fewer dispatch workers than
     launches here)."""
     poll_timeout_s = 1.0
-    nc = fake_node(nc_factory, 9)
+    nc = fake_node(nc_factory, 9, disk_gb=9)
     cc = cc_factory(poll_timeout_s=poll_timeout_s, dispatch_workers=4)
     register(cc, nc)
     poll = RpcClient(nc.url, pki.cc, timeout=(poll_timeout_s, poll_timeout_s), retries=0)
