@@ -174,6 +174,12 @@ class ClusterController:
         self.metrics.observe("cc_poll_cycle", elapsed)
         return elapsed
 
+    def _refresh(self, nodes: set[str]) -> None:
+        """Poll these nodes now, so that the caller's next describe shows what its call
+        changed (an instance counted once, room freed) instead of waiting for the next
+        cycle. On the call pool: a poll cycle under way does not hold it up."""
+        wait([self._call_pool.submit(self._poll_node, name) for name in nodes])
+
     def _poll_node(self, name: str) -> None:
         with self._lock:
             state = self._nodes.get(name)
@@ -333,6 +339,7 @@ class ClusterController:
         if failures:
             self._roll_back(placed)
             raise failures[0]
+        self._refresh({view["node"] for view in placed})
         self.metrics.observe("cc_run_instances", time.perf_counter() - started)
         return placed
 
@@ -543,7 +550,9 @@ class ClusterController:
         return [future.result() for future in futures]
 
     def terminate_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
-        return self._fan_out(instance_ids, NcClient.terminate_instance)
+        results = self._fan_out(instance_ids, NcClient.terminate_instance)
+        self._refresh({r["node"] for r in results if "instance" in r})
+        return results
 
     def reboot_instances(self, instance_ids: list[str]) -> list[dict[str, Any]]:
         return self._fan_out(instance_ids, NcClient.reboot_instance)

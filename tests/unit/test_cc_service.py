@@ -159,11 +159,24 @@ def iid(n: int) -> str:
 
 def test_reservation_holds_until_the_node_reports(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, a=2)
+    cluster.cc._refresh = lambda nodes: None  # type: ignore[method-assign]  # no poll
     cluster.run(iid(1))
     assert cluster.free() == 1  # the NC's figures are stale; the reservation counts
     cluster.cc.poll()
     assert cluster.free() == 1  # now the NC's own figures count it, and only once
     assert cluster.cc._reservations == {}
+
+
+def test_what_a_call_changed_shows_in_the_next_describe(tmp_path: Path) -> None:
+    """Runs and terminates poll their nodes before answering: room freed by a terminate
+    shows at once, not a poll interval later."""
+    cluster = Cluster(tmp_path, a=2)
+    cluster.run(iid(1))
+    assert cluster.free() == 1 and cluster.cc._reservations == {}
+    cluster.cc.terminate_instances([iid(1)])
+    assert cluster.free() == 2
+    [described] = cluster.cc.describe_instances([iid(1)])
+    assert described["state"]["name"] == "terminated"
 
 
 def test_refused_connection_moves_the_instance_on(tmp_path: Path) -> None:
