@@ -1,0 +1,264 @@
+"""EC2's Query protocol, both ways, driven by botocore's EC2 service model.
+
+The wire layer turns a request's flat parameters (``Action=RunInstances&MinCount=1&
+TagSpecification.1.Tag.1.Key=name``) into the plain nested data of the operation's input
+shape, and an operation's output into EC2's XML, without a line of hand-written XML per
+action: the model (API version 2016-11-15, the one every EC2 client speaks) says what each
+operation takes and answers. The CLC's domain code sees only Python values.
+
+Names follow botocore's own EC2 serializer: a member's key on the wire is its
+``queryName``, else its ``locationName`` with the first letter upper-cased, else the
+member's name; list entries are ``Key.1``, ``Key.2``, ...; in responses members go under
+their ``locationName`` and list entries are ``<item>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from xml.etree import ElementTree
+
+from botocore.loaders import Loader
+from botocore.model import OperationModel, ServiceModel, Shape
+
+API_VERSION = "2016-11-15"
+NAMESPACE = f"http://ec2.amazonaws.com/doc/{API_VERSION}/"
+
+# Parameters of the protocol and of its signatures (v2 in the body or query, v4
+# presigned in the query), not of any operation.
+PROTOCOL_PARAMETERS = frozenset(
+    {
+        "Action",
+        "Version",
+        "AWSAccessKeyId",
+        "SignatureVersion",
+        "SignatureMethod",
+        "Signature",
+        "Timestamp",
+        "Expires",
+        "SecurityToken",
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Security-Token",
+    }
+)
+_INDEX = re.compile(r"[1-9][0-9]{0,5}")  # EC2 lists count from 1
+
+
+class Ec2Error(Exception):
+    """An error EC2 answers with its own code and status."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def invalid_action(action: str) -> Ec2Error:
+    return Ec2Error("InvalidAction", f"The action {action} is not valid for this web service.")
+
+
+@functools.cache
+def service_model() -> ServiceModel:
+    """EC2's model as botocore ships it (loaded once: it holds about 4,400 shapes)."""
+    return ServiceModel(Loader().load_service_model("ec2", "service-2", API_VERSION), "ec2")
+
+
+def operation(action: str) -> OperationModel:
+    """The model of ``action``; InvalidAction for a name EC2 does not have."""
+    model = service_model()
+    if action not in model.operation_names:
+        raise invalid_action(action)
+    return model.operation_model(action)
+
+
+def wire_name(shape: Shape, member: str) -> str:
+    """A member's key in a request, as botocore's EC2 serializer writes it."""
+    if "queryName" in shape.serialization:
+        return str(shape.serialization["queryName"])
+    if "name" in shape.serialization:
+        name = str(shape.serialization["name"])
+        return name[0].upper() + name[1:]
+    return member
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+def parse_request(model: OperationModel, params: Mapping[str, str]) -> dict[str, Any]:
+    """The operation's input as plain data. Parameters the operation does not have are
+    ``UnknownParameter``; missing required ones ``MissingParameter``; values that are not
+    of their member's type or enum ``InvalidParameterValue``, each naming the key as the
+    caller wrote it."""
+    given = {k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS}
+    used: set[str] = set()
+    shape = model.input_shape
+    parsed = {} if shape is None else _parse_structure(shape, "", given, used)
+    if unknown := sorted(set(given) - used):
+        raise Ec2Error("UnknownParameter", f"The parameter {unknown[0]} is not recognized")
+    return parsed
+
+
+def _parse(shape: Shape, key: str, params: Mapping[str, str], used: set[str]) -> Any:
+    """The value at ``key``, or None when the request has nothing there."""
+    if shape.type_name == "structure":
+        if not any(k.startswith(f"{key}.") for k in params):
+            return None
+        return _parse_structure(shape, f"{key}.", params, used)
+    if shape.type_name == "list":
+        return _parse_list(shape, key, params, used)
+    if key not in params:
+        return None
+    used.add(key)
+    return _scalar(shape, key, params[key])
+
+
+def _parse_structure(
+    shape: Shape, prefix: str, params: Mapping[str, str], used: set[str]
+) -> dict[str, Any]:
+    parsed = {}
+    for member, member_shape in shape.members.items():
+        key = prefix + wire_name(member_shape, member)
+        value = _parse(member_shape, key, params, used)
+        if value is not None:
+            parsed[member] = value
+    for member in shape.required_members:
+        if member not in parsed:
+            key = prefix + wire_name(shape.members[member], member)
+            raise Ec2Error("MissingParameter", f"The request must contain the parameter {key}")
+    return parsed
+
+
+def _parse_list(
+    shape: Shape, key: str, params: Mapping[str, str], used: set[str]
+) -> list[Any] | None:
+    indices = set()
+    for k in params:
+        if k.startswith(f"{key}."):
+            index = k[len(key) + 1 :].split(".", 1)[0]
+            if _INDEX.fullmatch(index):
+                indices.add(int(index))
+    if not indices:
+        return None
+    # Entries in the order of their numbers; a gap (Key.1, Key.3) is no error, as in EC2.
+    entries = [_parse(shape.member, f"{key}.{i}", params, used) for i in sorted(indices)]
+    return [e for e in entries if e is not None]
+
+
+def _scalar(shape: Shape, key: str, text: str) -> Any:
+    def invalid(expected: str) -> Ec2Error:
+        return Ec2Error(
+            "InvalidParameterValue", f"Value ({text}) for parameter {key} is invalid. {expected}"
+        )
+
+    kind = shape.type_name
+    if kind == "string":
+        if shape.enum and text not in shape.enum:
+            raise invalid(f"Expected one of: {', '.join(shape.enum)}")
+        return text
+    if kind in ("integer", "long"):
+        try:
+            return int(text)
+        except ValueError:
+            raise invalid("Expected an integer.") from None
+    if kind in ("double", "float"):
+        try:
+            return float(text)
+        except ValueError:
+            raise invalid("Expected a number.") from None
+    if kind == "boolean":
+        if text.lower() not in ("true", "false"):
+            raise invalid("Expected true or false.")
+        return text.lower() == "true"
+    if kind == "timestamp":
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise invalid("Expected an ISO 8601 time.") from None
+        if when.tzinfo is None:  # EC2's times are UTC unless they say otherwise
+            when = when.replace(tzinfo=UTC)
+        return when.astimezone(UTC)
+    if kind == "blob":
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise invalid("Expected base64.") from None
+    raise invalid(f"Parameters of type {kind} are not taken.")
+
+
+# -- responses --------------------------------------------------------------------------
+
+
+def serialize_response(model: OperationModel, output: Mapping[str, Any], request_id: str) -> bytes:
+    """EC2's XML for the operation's output: ``<{Action}Response>`` in EC2's namespace
+    with ``requestId``, or ``<return>true</return>`` for operations without output."""
+    root = ElementTree.Element(f"{model.name}Response", xmlns=NAMESPACE)
+    ElementTree.SubElement(root, "requestId").text = request_id
+    shape = model.output_shape
+    if shape is None:
+        ElementTree.SubElement(root, "return").text = "true"
+    else:
+        _serialize_members(root, shape, output)
+    return _document(root)
+
+
+def serialize_error(code: str, message: str, request_id: str) -> bytes:
+    """EC2's error document (note ``RequestID`` here, ``requestId`` in answers)."""
+    root = ElementTree.Element("Response")
+    error = ElementTree.SubElement(ElementTree.SubElement(root, "Errors"), "Error")
+    ElementTree.SubElement(error, "Code").text = code
+    ElementTree.SubElement(error, "Message").text = message
+    ElementTree.SubElement(root, "RequestID").text = request_id
+    return _document(root)
+
+
+def _document(root: ElementTree.Element) -> bytes:
+    document: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document
+
+
+def _serialize_members(parent: ElementTree.Element, shape: Shape, value: Mapping[str, Any]) -> None:
+    for member, member_value in value.items():
+        if member_value is None:
+            continue
+        member_shape = shape.members.get(member)
+        if member_shape is None:
+            raise KeyError(f"{shape.name} has no member {member}")  # a bug of ours
+        name = member_shape.serialization.get("name", member)
+        _serialize(ElementTree.SubElement(parent, name), member_shape, member_value)
+
+
+def _serialize(node: ElementTree.Element, shape: Shape, value: Any) -> None:
+    kind = shape.type_name
+    if kind == "structure":
+        _serialize_members(node, shape, value)
+    elif kind == "list":
+        item = shape.member.serialization.get("name", "item")
+        for entry in value:
+            _serialize(ElementTree.SubElement(node, item), shape.member, entry)
+    elif kind == "boolean":
+        node.text = "true" if value else "false"
+    elif kind == "timestamp":
+        node.text = _timestamp(value)
+    elif kind == "blob":
+        node.text = base64.b64encode(value).decode("ascii")
+    else:
+        node.text = str(value)
+
+
+def _timestamp(value: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds, as EC2 writes its times."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
