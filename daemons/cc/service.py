@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 # How often a dispatch asks the NC how its launch goes.
 LAUNCH_POLL_S = 0.25
+# Nodes polled at once after the calls that changed them (a batch spreads over many).
+REFRESH_WORKERS = 16
 
 
 def _as_error(error: Exception) -> MalleeError:
@@ -104,6 +106,8 @@ class ClusterController:
         self._dispatch_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-dispatch")
         # terminate, reboot: never queued behind dispatches that wait on launches
         self._call_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-call")
+        # polls of the nodes a call touched: behind neither a poll cycle nor other calls
+        self._refresh_pool = ThreadPoolExecutor(REFRESH_WORKERS, "cc-refresh")
 
     def _add(self, node: Node) -> None:
         """Track a registered node. Lock held (or not yet shared)."""
@@ -177,8 +181,8 @@ class ClusterController:
     def _refresh(self, nodes: set[str]) -> None:
         """Poll these nodes now, so that the caller's next describe shows what its call
         changed (an instance counted once, room freed) instead of waiting for the next
-        cycle. On the call pool: a poll cycle under way does not hold it up."""
-        wait([self._call_pool.submit(self._poll_node, name) for name in nodes])
+        cycle. Each poll is bounded by poll_timeout_s per call."""
+        wait([self._refresh_pool.submit(self._poll_node, name) for name in nodes])
 
     def _poll_node(self, name: str) -> None:
         with self._lock:

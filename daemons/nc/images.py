@@ -119,13 +119,14 @@ class ImageCache:
                 return path
             download = self._downloads.get(image.sha256)
             if download is None:
-                download = self._downloads[image.sha256] = _Download()
+                download = _Download()
                 threading.Thread(  # logs under the request id of the first launch
                     target=contextvars.copy_context().run,
                     args=(self._download, image, path, download),
                     name=f"image-{image.sha256[:12]}",
                     daemon=True,
-                ).start()
+                ).start()  # registered only once started: none waits for a thread never run
+                self._downloads[image.sha256] = download
             download.waiters.append(waiter)
         if cancellation is not None:
             cancellation.on_cancel(lambda: self._leave(image.sha256, waiter))
@@ -244,7 +245,8 @@ class ImageCache:
         try:
             info = disks.image_info(part, "qcow2")
         except HostCommandFailed as e:
-            if e.exit_status is None:  # stuck or missing: the node's fault, not the image's
+            # stuck, missing or killed (a signal): the node's fault, not the image's
+            if e.exit_status is None or e.exit_status < 0:
                 raise
             raise ImageRejected(
                 f"image {image.id} is declared qcow2 but qemu-img cannot read it as qcow2"

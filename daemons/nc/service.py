@@ -179,6 +179,11 @@ class NodeController:
         self.hypervisor.check()
         if self._refusal:
             raise HypervisorUnavailable(self._refusal)
+        if not self._recovered:  # libvirt is back, and recovery has not looked yet
+            raise HypervisorUnavailable(
+                "libvirt answers again; the node controller is still recovering its "
+                "instances (a monitor pass)"
+            )
         instance_id = instance.instance_id
         with self._lock:
             if instance_id in self._instances or self.store.exists(instance_id):
@@ -495,7 +500,11 @@ class NodeController:
             self.store.mark(self.config.node_name)
             self._own_folder = True
         with self._lock:
-            records = [i for i in self._instances.values() if i.state is not NcState.TERMINATED]
+            records = [
+                i
+                for i in self._instances.values()
+                if i.state is not NcState.TERMINATED and i.instance_id not in self._launches
+            ]
         for instance in records:
             if instance.state is NcState.RUNNING and instance.instance_id in active:
                 continue

@@ -169,6 +169,13 @@ def test_cancelled_fetch_stops_at_once_and_so_does_the_download(
     wait_until(lambda: not list(images.directory.iterdir()), 10, "the partial file to go")
 
 
+def waiting(images: ImageCache, image: ImageRef) -> int:
+    """How many fetches wait for the image's download under way."""
+    with images._lock:
+        download = images._downloads.get(image.sha256)
+        return len(download.waiters) if download else 0
+
+
 def test_a_cancelled_fetch_leaves_others_their_download(
     tmp_path: Path, file_server: FileServer
 ) -> None:
@@ -179,6 +186,7 @@ def test_a_cancelled_fetch_leaves_others_their_download(
     left = fetch_in_thread(images, image, leaving)
     stayed = fetch_in_thread(images, image, staying)
     wait_until(lambda: bool(file_server.gets), 10, "the download to start")
+    wait_until(lambda: waiting(images, image) == 2, 10, "both fetches to wait for it")
     leaving.cancel()
     wait_until(lambda: bool(left) and bool(stayed), 30, "both fetches to end")
     assert isinstance(left[0], LaunchCancelled)
@@ -228,14 +236,20 @@ def test_a_silent_server_fails_the_fetch_when_its_time_is_up(
     assert "longer than 1 s" in outcome[0].message
 
 
-def test_a_node_without_qemu_img_is_the_nodes_fault(
-    tmp_path: Path, file_server: FileServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("qemu_img", [None, "#!/bin/sh\nkill -9 $$\n"])
+def test_a_qemu_img_missing_or_killed_is_the_nodes_fault(
+    tmp_path: Path, file_server: FileServer, monkeypatch: pytest.MonkeyPatch, qemu_img: str | None
 ) -> None:
-    """qemu-img missing (or stuck) says nothing about the image: a 500 the CC moves
-    on from, not a 422 that would blame the request."""
+    """qemu-img missing, killed (by the OOM killer, say) or stuck says nothing about the
+    image: a 500 the CC moves on from, not a 422 that would blame the request."""
     image = publish(file_server, "disk.qcow2", 1000)
     image = ImageRef(image.id, image.url, image.digest, "qcow2")
-    monkeypatch.setenv("PATH", str(tmp_path))  # no qemu-img here
+    programs = tmp_path / "bin"
+    programs.mkdir()
+    if qemu_img is not None:
+        (programs / "qemu-img").write_text(qemu_img)
+        (programs / "qemu-img").chmod(0o755)
+    monkeypatch.setenv("PATH", str(programs))
     with pytest.raises(HostCommandFailed, match="qemu-img failed on this node") as caught:
         cache(tmp_path, 64 << 20).fetch(image)
     assert caught.value.status == 500

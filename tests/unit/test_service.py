@@ -322,6 +322,19 @@ def test_libvirt_back_showing_guests_of_a_strange_folder_means_serving_none(
     assert not (tmp_path / "unmounted" / MARKER).exists()
 
 
+def test_no_launch_between_libvirt_coming_back_and_recovery(
+    config: NcConfig, image: ImageRef
+) -> None:
+    """Recovery has not yet looked at what libvirt runs: a launch admitted now could be
+    taken for one the old process left unfinished."""
+    nc = NodeController(replace(config, libvirt_uri="test:///missing.xml"))
+    nc.hypervisor.uri = "test:///default"  # libvirt answers again
+    with pytest.raises(HypervisorUnavailable, match="still recovering"):
+        nc.run_instance(new(image))
+    nc.reconcile()  # the monitor's pass recovers
+    assert launched(nc, new(image)).state is NcState.RUNNING
+
+
 def test_refuses_another_nodes_instance_dir(config: NcConfig, nc: NodeController) -> None:
     with pytest.raises(RefusedToStart, match=f"belongs to node '{config.node_name}'"):
         NodeController(replace(config, node_name="another-node"))
