@@ -177,13 +177,8 @@ class NodeController:
             raise InvalidParameter("this node runs Xen paravirtual guests: a kernel is needed")
         nics = self._nics(instance.net)
         self.hypervisor.check()
-        if self._refusal:
-            raise HypervisorUnavailable(self._refusal)
-        if not self._recovered:  # libvirt is back, and recovery has not looked yet
-            raise HypervisorUnavailable(
-                "libvirt answers again; the node controller is still recovering its "
-                "instances (a monitor pass)"
-            )
+        if self.problem:
+            raise HypervisorUnavailable(self.problem)
         instance_id = instance.instance_id
         with self._lock:
             if instance_id in self._instances or self.store.exists(instance_id):
@@ -297,8 +292,15 @@ class NodeController:
 
     @property
     def problem(self) -> str:
-        """Why this node cannot vouch for its domains now ("" while it can)."""
-        return self.hypervisor.problem or self._refusal
+        """Why this node cannot vouch for its domains now ("" while it can). Between
+        libvirt answering again and the monitor's recovery pass, the records are not yet
+        checked against it, and a launch admitted then could be taken for one the old
+        process left unfinished."""
+        if self.hypervisor.problem or self._refusal:
+            return self.hypervisor.problem or self._refusal
+        if not self._recovered:
+            return "libvirt answers again; the node controller is still recovering its instances"
+        return ""
 
     def describe_instances(self, instance_ids: list[str] | None = None) -> list[Instance]:
         """The table, unless libvirt does not answer: then no running state can be
