@@ -26,6 +26,8 @@ from xml.etree import ElementTree
 from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel, Shape
 
+from mallee.common.errors import MalleeError
+
 API_VERSION = "2016-11-15"
 NAMESPACE = f"http://ec2.amazonaws.com/doc/{API_VERSION}/"
 
@@ -54,13 +56,12 @@ PROTOCOL_PARAMETERS = frozenset(
 _INDEX = re.compile(r"[1-9][0-9]{0,5}")  # EC2 lists count from 1
 
 
-class Ec2Error(Exception):
+class Ec2Error(MalleeError):
     """An error EC2 answers with its own code and status."""
 
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
         self.status = status
 
 

@@ -53,7 +53,7 @@ class RequestTooLarge(MalleeError):
 
 
 def init_app(
-    app: flask.Flask, spec: OpenApiSpec, tls_enabled: bool, metrics: Metrics | None = None
+    app: flask.Flask, spec: OpenApiSpec | None, tls_enabled: bool, metrics: Metrics | None = None
 ) -> None:
     """The plumbing every daemon shares. Who may call which route is each blueprint's
     own (``register_blueprint``); of the routes here, ``/healthz`` and
@@ -114,9 +114,11 @@ def init_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/openapi.json")
-    def openapi_document() -> dict[str, Any]:
-        return spec.document
+    if spec is not None:  # a daemon with an internal JSON API publishes its contract
+
+        @app.get("/v1/openapi.json")
+        def openapi_document() -> dict[str, Any]:
+            return spec.document
 
     if metrics is not None:
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import daemons
 from tests.support import guest as guest_image
-from tests.support.daemons import CcDaemon, NcDaemon, Pki
+from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki
 from tests.support.guest import GuestImage
 from tests.support.http import serve_directory
 from tests.support.kvm import make_kvm_usable_by_qemu
@@ -86,6 +86,19 @@ def cc_factory(pki: Pki, daemons_started: list[daemons.Daemon]) -> Callable[...,
 
     def start(**settings: Any) -> CcDaemon:
         daemon = CcDaemon(_workdir(), pki, **settings)
+        daemons_started.append(daemon)
+        daemon.start()
+        return daemon
+
+    return start
+
+
+@pytest.fixture
+def clc_factory(pki: Pki, daemons_started: list[daemons.Daemon]) -> Callable[..., ClcDaemon]:
+    """Start CLCs on demand; ``clc_factory(database_url=...)`` restarts one on old state."""
+
+    def start(**settings: Any) -> ClcDaemon:
+        daemon = ClcDaemon(_workdir(), pki, **settings)
         daemons_started.append(daemon)
         daemon.start()
         return daemon

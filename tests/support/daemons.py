@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import boto3
+import botocore.config
 import libvirt
 import requests
 from openapi_core import OpenAPI
@@ -162,6 +164,8 @@ def checked_client(
 ) -> RpcClient:
     """An RpcClient whose every answer must match ``component``'s OpenAPI document."""
     client = RpcClient(url, tls_files, **kwargs)
+    if component not in OPENAPI:  # no internal JSON API (the CLC's is EC2's)
+        return client
 
     def validate(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
         OPENAPI[component].validate_response(
@@ -338,3 +342,38 @@ class CcDaemon(Daemon):
     def __init__(self, workdir: Path, pki: Pki, **settings: Any) -> None:
         cc = {"state_dir": str(workdir / "cc-state"), "poll_interval_s": 0.5, **settings}
         super().__init__(workdir, pki, pki.cc_server, pki.clc, cc)
+
+
+class ClcDaemon(Daemon):
+    """A `mallee-clc` serving EC2 over HTTPS (a certificate of the test CA) with a
+    database of its own; its users are made with the real `mallee-admin`."""
+
+    component = "clc"
+
+    def __init__(self, workdir: Path, pki: Pki, **settings: Any) -> None:
+        server = tls.issue(pki.ca.parent, workdir, "clc-test", "clc", ["localhost", "127.0.0.1"])
+        clc = {"database_url": f"sqlite:///{workdir / 'clc.db'}", **settings}
+        super().__init__(workdir, pki, server, pki.clc, clc)
+        self.ca = pki.ca
+
+    def admin(self, *args: str) -> str:
+        """`mallee-admin ARGS` against this CLC's database; its output."""
+        command = [sys.executable, "-m", "mallee.clc.admin", "--config", str(self.config), *args]
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"mallee-admin {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def ec2(self, user: str, **admin: bool) -> Any:
+        """A boto3 EC2 client of a new user of this cloud, as `mallee-admin` made them."""
+        rc = self.admin("user", "create", user, *(["--admin"] if admin.get("admin") else []))
+        keys = dict(line.removeprefix("export ").split("=", 1) for line in rc.splitlines()[1:])
+        return boto3.client(
+            "ec2",
+            endpoint_url=self.url,
+            region_name=keys["AWS_DEFAULT_REGION"],
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+            verify=str(self.ca),
+            config=botocore.config.Config(retries={"max_attempts": 1}),
+        )

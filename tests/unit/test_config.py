@@ -7,12 +7,13 @@ from typing import Any
 import pytest
 
 from mallee.cc.config import CcConfig
+from mallee.clc.config import ClcConfig
 from mallee.common import config
 from mallee.common.server import gunicorn_options
 from mallee.nc.config import NcConfig
 
 EXAMPLE = Path(__file__).parents[2] / "etc" / "mallee.conf.example"
-SECTIONS: list[type[Any]] = [config.CommonConfig, NcConfig, CcConfig]
+SECTIONS: list[type[Any]] = [config.CommonConfig, NcConfig, CcConfig, ClcConfig]
 
 
 def write(tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,78 @@
+"""``mallee-admin``: the cloud's administrative commands (the seed's Administrative
+Interface), run on the CLC's host against its database.
+
+    mallee-admin user create NAME [--admin] [--rc FILE]
+    mallee-admin user list
+    mallee-admin user disable NAME | enable NAME
+    mallee-admin user add-key NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mallee.clc import db, users
+from mallee.clc.config import ClcConfig
+from mallee.common import config
+
+
+def _credentials_text(credentials: users.Credentials, clc: ClcConfig) -> str:
+    """An rc file for the aws CLI and boto3 (``. FILE``, then ``aws ec2 ...``)."""
+    return (
+        f"# mallee credentials of user {credentials.user}\n"
+        f"export AWS_ACCESS_KEY_ID={credentials.access_key_id}\n"
+        f"export AWS_SECRET_ACCESS_KEY={credentials.secret_access_key}\n"
+        f"export AWS_DEFAULT_REGION={clc.region}\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mallee-admin", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help=f"the host's config file (default: {config.DEFAULT_PATH})")
+    nouns = parser.add_subparsers(dest="noun", required=True)
+    user = nouns.add_parser("user", help="the cloud's users and their access keys")
+    verbs = user.add_subparsers(dest="verb", required=True)
+    create = verbs.add_parser("create", help="a user with one access key")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="sees and manages everyone's")
+    create.add_argument("--rc", type=Path, help="write the credentials here (mode 0600)")
+    verbs.add_parser("list", help="every user")
+    for verb in ("disable", "enable", "add-key"):
+        verbs.add_parser(verb).add_argument("name")
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ[config.PATH_ENV] = args.config
+    _, clc = config.load(ClcConfig)
+    db.migrate(clc.database_url)
+    sessions = db.sessions(db.engine_for(clc.database_url))
+    try:
+        with sessions.begin() as session:
+            if args.verb == "create" or args.verb == "add-key":
+                credentials = (
+                    users.create_user(session, args.name, args.admin)
+                    if args.verb == "create"
+                    else users.add_access_key(session, args.name)
+                )
+                text = _credentials_text(credentials, clc)
+                if getattr(args, "rc", None):
+                    args.rc.touch(mode=0o600)
+                    args.rc.write_text(text)
+                    print(f"credentials of {args.name} written to {args.rc}")
+                else:
+                    print(text, end="")
+            elif args.verb == "list":
+                for u in users.list_users(session):
+                    flags = ("admin " if u.admin else "") + ("enabled" if u.enabled else "disabled")
+                    print(f"{u.name}\t{flags}")
+            else:
+                users.set_enabled(session, args.name, args.verb == "enable")
+    except ValueError as e:
+        sys.exit(f"mallee-admin: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The EC2 front end (the seed's "Client Interface"): who signed the request, which
+action it is, its parameters, DryRun, then the action in one database transaction.
+
+Whatever goes wrong answers EC2's error document with EC2's code and status; an error
+mallee did not foresee is ``InternalError`` naming the request id to look for in the
+log, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from mallee.clc import auth, users, wire
+from mallee.clc.actions import ACTIONS
+from mallee.common.errors import MalleeError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    request_id: str
+
+
+class Ec2Frontend:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        region: str,
+        accept_signature_v2: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.sessions = sessions
+        self.regions = {region}
+        self.accept_signature_v2 = accept_signature_v2
+        self.clock = clock
+
+    def handle(self, request: auth.Received, request_id: str) -> Answer:
+        """``request_id`` is the one mallee's logs carry; EC2's answer names it too."""
+        try:
+            return Answer(200, self._serve(request, request_id), request_id)
+        except MalleeError as e:
+            logger.info("refused: %s: %s", e.code, e.message)
+            return Answer(e.status, wire.serialize_error(e.code, e.message, request_id), request_id)
+        except Exception:
+            logger.exception("unexpected error")
+            message = f"We encountered an internal error; the cloud's log has request {request_id}"
+            return Answer(
+                500, wire.serialize_error("InternalError", message, request_id), request_id
+            )
+
+    def _serve(self, request: auth.Received, request_id: str) -> bytes:
+        with self.sessions() as db:
+            key_id = auth.signer_of(
+                request,
+                lambda key: users.secret_of(db, key),
+                self.clock(),
+                self.regions,
+                self.accept_signature_v2,
+            )
+            caller = users.caller(db, key_id)
+        action = request.params.get("Action")
+        if not action:
+            raise wire.Ec2Error("MissingAction", "The request must contain the parameter Action")
+        model = wire.operation(action)
+        handler = ACTIONS.get(action)
+        if handler is None:
+            raise wire.invalid_action(action)
+        params = wire.parse_request(model, request.params)
+        if params.pop("DryRun", False):
+            raise wire.Ec2Error(
+                "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
+            )
+        with self.sessions.begin() as db:
+            output = handler(db, caller, params)
+        logger.info("%s by %s", action, caller.user)
+        return wire.serialize_response(model, output, request_id)
