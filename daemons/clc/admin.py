@@ -30,6 +30,14 @@ def _credentials_text(credentials: users.Credentials, clc: ClcConfig) -> str:
     )
 
 
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only, through no symbolic link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mallee-admin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help=f"the host's config file (default: {config.DEFAULT_PATH})")
@@ -59,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
                 text = _credentials_text(credentials, clc)
                 if getattr(args, "rc", None):
-                    args.rc.touch(mode=0o600)
-                    args.rc.write_text(text)
+                    _write_secret(args.rc, text)
                     print(f"credentials of {args.name} written to {args.rc}")
                 else:
                     print(text, end="")

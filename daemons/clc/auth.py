@@ -120,6 +120,8 @@ def _verify_v4(
     signed = fields["SignedHeaders"].split(";")
     if "host" not in signed or "x-amz-date" not in signed:
         raise _incomplete("SignedHeaders must include host and x-amz-date")
+    if request.body and "content-type" not in signed:  # it decides how the body is read
+        raise _incomplete("SignedHeaders must include content-type when there is a body")
     if missing := [h for h in signed if h not in request.headers]:
         raise _incomplete(f"signed headers {missing} are not in the request")
     claimed_digest = request.headers.get("x-amz-content-sha256")
@@ -146,9 +148,14 @@ def _verify_v4(
     expected = signer.signature(
         signer.string_to_sign(rebuilt, signer.canonical_request(rebuilt)), rebuilt
     )
-    if not hmac.compare_digest(expected, fields["Signature"]):
+    if not _same(expected, fields["Signature"]):
         raise _auth_failure()
     return key_id
+
+
+def _same(expected: str, given: str) -> bool:
+    """Constant-time comparison, also of a signature that is not ASCII."""
+    return hmac.compare_digest(expected.encode(), given.encode(errors="replace"))
 
 
 def _v4_fields(authorization: str) -> dict[str, str]:
@@ -176,9 +183,9 @@ def _verify_v2(request: Received, secret_of: SecretOf, now: datetime) -> str:
     ):
         raise _incomplete("only SignatureVersion 2 with HmacSHA256 is taken")
     key_id = params.get("AWSAccessKeyId", "")
-    stamp = params.get("Timestamp") or params.get("Expires")
-    if not key_id or not stamp:
-        raise _incomplete("AWSAccessKeyId and Timestamp are required")
+    stamp = params.get("Timestamp")
+    if not key_id or not stamp or "Expires" in params:
+        raise _incomplete("AWSAccessKeyId and Timestamp (not Expires) are required")
     try:
         when = datetime.fromisoformat(stamp)
     except ValueError:
@@ -192,6 +199,6 @@ def _verify_v2(request: Received, secret_of: SecretOf, now: datetime) -> str:
     host = request.headers.get("host", "")
     rebuilt = AWSRequest(method=request.method, url=f"http://{host}{request.path}")
     _, expected = SigV2Auth(Credentials(key_id, secret)).calc_signature(rebuilt, params)
-    if not hmac.compare_digest(expected, params["Signature"]):
+    if not _same(expected, params["Signature"]):
         raise _auth_failure()
     return key_id

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ForeignKey, String, UniqueConstraint, create_engine
+from sqlalchemy import DateTime, ForeignKey, String, UniqueConstraint, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -25,7 +25,7 @@ def utc_now() -> datetime:
 
 
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012
 
 
 class User(Base):
@@ -74,7 +74,16 @@ def migrate(url: str) -> None:
 
 
 def engine_for(url: str) -> Engine:
-    return create_engine(url)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":  # SQLite checks foreign keys only when asked
+
+        @event.listens_for(engine, "connect")
+        def enforce_foreign_keys(connection: object, _record: object) -> None:
+            cursor = connection.cursor()  # type: ignore[attr-defined]
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
+
+    return engine
 
 
 def sessions(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]

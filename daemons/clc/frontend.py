@@ -9,9 +9,10 @@ log, never a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +21,48 @@ from mallee.clc.actions import ACTIONS
 from mallee.common.errors import MalleeError
 
 logger = logging.getLogger(__name__)
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """A request as it arrived, header names in lower case."""
+
+    method: str
+    path: str
+    query: bytes
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def received(raw: RawRequest) -> auth.Received:
+    """The request with its parameters: the query's and the form body's together.
+
+    A name given twice is refused: the signature covers both orders of a repeated name
+    alike, so which value counts must not depend on it. A body that is not a form is
+    refused rather than ignored.
+    """
+    try:
+        query = raw.query.decode("utf-8")
+        body = raw.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise wire.Ec2Error("MalformedQueryString", "The request is not UTF-8") from None
+    content_type = raw.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body and content_type != FORM:
+        raise wire.Ec2Error(
+            "InvalidParameterValue", f"The body must be {FORM}, not {content_type or 'untyped'}"
+        )
+    pairs = parse_qsl(query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise wire.Ec2Error(
+                "InvalidParameterValue", f"The parameter {name} is given more than once"
+            )
+        params[name] = value
+    return auth.Received(raw.method, raw.path, query, raw.headers, raw.body, params)
 
 
 @dataclass(frozen=True)
@@ -42,10 +85,10 @@ class Ec2Frontend:
         self.accept_signature_v2 = accept_signature_v2
         self.clock = clock
 
-    def handle(self, request: auth.Received, request_id: str) -> Answer:
+    def handle(self, raw: RawRequest, request_id: str) -> Answer:
         """``request_id`` is the one mallee's logs carry; EC2's answer names it too."""
         try:
-            return Answer(200, self._serve(request, request_id), request_id)
+            return Answer(200, self._serve(received(raw), request_id), request_id)
         except MalleeError as e:
             logger.info("refused: %s: %s", e.code, e.message)
             return Answer(e.status, wire.serialize_error(e.code, e.message, request_id), request_id)

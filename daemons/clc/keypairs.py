@@ -51,8 +51,10 @@ def _ed25519_fingerprint(public: ed25519.Ed25519PublicKey) -> str:
 
 
 def _check_name(name: str) -> None:
-    if not name or len(name) > 255 or not name.isascii():
-        raise Ec2Error("InvalidParameterValue", "Key pair names are 1 to 255 ASCII characters")
+    if not name or len(name) > 255 or not all(" " <= c <= "~" for c in name):
+        raise Ec2Error(
+            "InvalidParameterValue", "Key pair names are 1 to 255 printable ASCII characters"
+        )
 
 
 def _store(db: Session, caller: Caller, record: KeyPair) -> KeyPair:

@@ -50,6 +50,8 @@ def create_user(db: Session, name: str, admin: bool = False) -> Credentials:
 
 
 def add_access_key(db: Session, name: str) -> Credentials:
+    if db.get(User, name) is None:
+        raise ValueError(f"no user {name!r}")
     key_id = "AKIA" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(16))
     secret = secrets.token_urlsafe(30)  # 40 characters
     db.add(AccessKey(access_key_id=key_id, secret=secret, user_name=name))

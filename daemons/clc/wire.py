@@ -54,6 +54,10 @@ PROTOCOL_PARAMETERS = frozenset(
     }
 )
 _INDEX = re.compile(r"[1-9][0-9]{0,5}")  # EC2 lists count from 1
+_INTEGER = re.compile(r"[-+]?[0-9]{1,20}")
+_NUMBER = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+# Characters XML 1.0 cannot carry; a caller's text may hold them (it is echoed in errors).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class Ec2Error(MalleeError):
@@ -99,8 +103,9 @@ def wire_name(shape: Shape, member: str) -> str:
 def parse_request(model: OperationModel, params: Mapping[str, str]) -> dict[str, Any]:
     """The operation's input as plain data. Parameters the operation does not have are
     ``UnknownParameter``; missing required ones ``MissingParameter``; values that are not
-    of their member's type or enum ``InvalidParameterValue``, each naming the key as the
-    caller wrote it."""
+    of their member's type ``InvalidParameterValue``, each naming the key as the caller
+    wrote it. Enums are left to the actions: the model's lists are AWS's (its instance
+    types, say), and a cloud has its own."""
     given = {k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS}
     used: set[str] = set()
     shape = model.input_shape
@@ -164,19 +169,15 @@ def _scalar(shape: Shape, key: str, text: str) -> Any:
 
     kind = shape.type_name
     if kind == "string":
-        if shape.enum and text not in shape.enum:
-            raise invalid(f"Expected one of: {', '.join(shape.enum)}")
         return text
     if kind in ("integer", "long"):
-        try:
-            return int(text)
-        except ValueError:
-            raise invalid("Expected an integer.") from None
+        if not _INTEGER.fullmatch(text):
+            raise invalid("Expected an integer.")
+        return int(text)
     if kind in ("double", "float"):
-        try:
-            return float(text)
-        except ValueError:
-            raise invalid("Expected a number.") from None
+        if not _NUMBER.fullmatch(text):
+            raise invalid("Expected a number.")
+        return float(text)
     if kind == "boolean":
         if text.lower() not in ("true", "false"):
             raise invalid("Expected true or false.")
@@ -204,7 +205,7 @@ def serialize_response(model: OperationModel, output: Mapping[str, Any], request
     """EC2's XML for the operation's output: ``<{Action}Response>`` in EC2's namespace
     with ``requestId``, or ``<return>true</return>`` for operations without output."""
     root = ElementTree.Element(f"{model.name}Response", xmlns=NAMESPACE)
-    ElementTree.SubElement(root, "requestId").text = request_id
+    _text(ElementTree.SubElement(root, "requestId"), request_id)
     shape = model.output_shape
     if shape is None:
         ElementTree.SubElement(root, "return").text = "true"
@@ -217,10 +218,15 @@ def serialize_error(code: str, message: str, request_id: str) -> bytes:
     """EC2's error document (note ``RequestID`` here, ``requestId`` in answers)."""
     root = ElementTree.Element("Response")
     error = ElementTree.SubElement(ElementTree.SubElement(root, "Errors"), "Error")
-    ElementTree.SubElement(error, "Code").text = code
-    ElementTree.SubElement(error, "Message").text = message
-    ElementTree.SubElement(root, "RequestID").text = request_id
+    _text(ElementTree.SubElement(error, "Code"), code)
+    _text(ElementTree.SubElement(error, "Message"), message)
+    _text(ElementTree.SubElement(root, "RequestID"), request_id)
     return _document(root)
+
+
+def _text(node: ElementTree.Element, text: str) -> None:
+    """Set a node's text, each character XML cannot carry replaced by U+FFFD."""
+    node.text = _NOT_XML.sub("\ufffd", text)
 
 
 def _document(root: ElementTree.Element) -> bytes:
@@ -254,7 +260,7 @@ def _serialize(node: ElementTree.Element, shape: Shape, value: Any) -> None:
     elif kind == "blob":
         node.text = base64.b64encode(value).decode("ascii")
     else:
-        node.text = str(value)
+        _text(node, str(value))
 
 
 def _timestamp(value: datetime) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import secrets
 import sys
 
@@ -20,8 +21,20 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 
 
+# What a caller's id may look like: it is written into logs and answers as it came.
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 def new_request_id() -> str:
     return "req-" + secrets.token_hex(8)
+
+
+def taken_or_new(given: str | None) -> str:
+    """The caller's request id if it is a plain token, else a new one (an id with line
+    breaks or markup would forge log lines or break an XML answer)."""
+    if given and _WELL_FORMED.fullmatch(given):
+        return given
+    return new_request_id()
 
 
 class RequestIdFilter(logging.Filter):

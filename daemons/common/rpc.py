@@ -67,7 +67,7 @@ def init_app(
 
     @app.before_request
     def start_request() -> None:
-        request_id = flask.request.headers.get(log.REQUEST_ID_HEADER) or log.new_request_id()
+        request_id = log.taken_or_new(flask.request.headers.get(log.REQUEST_ID_HEADER))
         flask.g.request_id = request_id
         flask.g.request_id_token = log.current_request_id.set(request_id)
         # Refused before any route runs, whether or not it would read the body.

@@ -11,13 +11,17 @@ from urllib.parse import parse_qsl, urlsplit
 
 import botocore.session
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 from mallee.clc import auth
 from mallee.clc.wire import Ec2Error
 
 KEY, SECRET = "AKIAMALLEE0000000001", "s3cret/s3cret+s3cret/s3cret+s3cret/s3cret"
 REGIONS = {"mallee"}
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
 
 
 class Captured(Exception):
@@ -133,13 +137,48 @@ def test_a_malformed_authorization(authorization: str, says: str) -> None:
     assert says in error.message
 
 
-def test_a_claimed_body_digest_must_be_the_bodys() -> None:
-    request = sent_by_client()
-    honest = hashlib.sha256(request.body).hexdigest()
-    assert check(replace(request, headers={**request.headers, "x-amz-content-sha256": honest}))
-    lying = {**request.headers, "x-amz-content-sha256": hashlib.sha256(b"other").hexdigest()}
-    error = refused(replace(request, headers=lying))
+def signed_with_digest(digest: str) -> auth.Received:
+    """A request whose client signed an X-Amz-Content-SHA256 header claiming ``digest``."""
+    body = b"Action=DescribeKeyPairs&Version=2016-11-15"
+    request = AWSRequest(
+        method="POST",
+        url="http://cloud.example.org:8773/",
+        data=body,
+        headers={"Content-Type": FORM, "X-Amz-Content-SHA256": digest},
+    )
+    SigV4Auth(Credentials(KEY, SECRET), "ec2", "mallee").add_auth(request)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers["host"] = "cloud.example.org:8773"
+    assert "x-amz-content-sha256" in headers["authorization"]
+    return auth.Received("POST", "/", "", headers, body, dict(parse_qsl(body.decode())))
+
+
+def test_a_signed_body_digest_must_be_the_bodys() -> None:
+    body = b"Action=DescribeKeyPairs&Version=2016-11-15"
+    assert check(signed_with_digest(hashlib.sha256(body).hexdigest())) == KEY
+    error = refused(signed_with_digest(hashlib.sha256(b"another body").hexdigest()))
     assert (error.code, error.status) == ("IncompleteSignature", 400)
+
+
+def test_a_body_needs_its_content_type_signed() -> None:
+    """Unsigned, the content type could be changed on the way and the body read as
+    something else (or not at all)."""
+    request = sent_by_client()
+    scheme, _, fields = request.headers["authorization"].partition(" ")
+    unsigned_type = fields.replace("content-type;", "")
+    assert unsigned_type != fields
+    error = refused(
+        replace(request, headers={**request.headers, "authorization": f"{scheme} {unsigned_type}"})
+    )
+    assert (error.code, error.status) == ("IncompleteSignature", 400)
+    assert "content-type" in error.message
+
+
+def test_a_signature_that_is_not_ascii_is_refused_not_a_crash() -> None:
+    request = sent_by_client()
+    authorization = request.headers["authorization"].rsplit("Signature=", 1)[0] + "Signature=é"
+    error = refused(replace(request, headers={**request.headers, "authorization": authorization}))
+    assert (error.code, error.status) == ("AuthFailure", 401)
 
 
 def test_signature_version_2_only_where_enabled() -> None:

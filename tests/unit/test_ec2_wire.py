@@ -148,10 +148,16 @@ def test_signature_fields_are_not_parameters() -> None:
         ("DescribeInstances", {"InstanceId.0": "i-1"}, "UnknownParameter", "InstanceId.0"),
         ("DescribeInstances", {"DryRun": "maybe"}, "InvalidParameterValue", "true or false"),
         (
-            "CreateVolume",
-            {"AvailabilityZone": "zone-a", "Size": "1", "VolumeType": "floppy"},
+            "RunInstances",
+            {"ImageId": "emi-1", "MinCount": "1_000", "MaxCount": "1"},
             "InvalidParameterValue",
-            "Expected one of: standard",
+            "Expected an integer",
+        ),
+        (
+            "RequestSpotInstances",
+            {"SpotPrice": "0.1", "InstanceCount": "1", "BlockDurationMinutes": " 60"},
+            "InvalidParameterValue",
+            "Expected an integer",
         ),
         (
             "ImportKeyPair",
@@ -168,6 +174,24 @@ def test_bad_requests_name_what_was_wrong(
         wire.parse_request(wire.operation(action), fields)
     assert (caught.value.code, caught.value.status) == (code, 400)
     assert says in caught.value.message
+
+
+def test_enums_are_the_clouds_own() -> None:
+    """The model's InstanceType enum lists AWS's types; a cloud names its own."""
+    model = wire.operation("RunInstances")
+    fields = {"ImageId": "emi-1", "MinCount": "1", "MaxCount": "1", "InstanceType": "lab.huge"}
+    assert wire.parse_request(model, fields)["InstanceType"] == "lab.huge"
+
+
+def test_text_xml_cannot_carry_still_makes_a_readable_answer() -> None:
+    """A caller's control characters, echoed in an error, leave the document valid."""
+    model = wire.operation("DescribeKeyPairs")
+    xml = wire.serialize_error(
+        "InvalidKeyPair.NotFound", "The key pair 'a\x01b' does not exist", "r"
+    )
+    assert read_by_botocore(model, xml, status=400)["Error"]["Message"] == (
+        "The key pair 'a\ufffdb' does not exist"
+    )
 
 
 def test_an_action_ec2_does_not_have() -> None:

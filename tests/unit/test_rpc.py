@@ -17,6 +17,7 @@ from typing import Any
 
 import flask
 import pytest
+import requests
 import yaml
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
@@ -117,6 +118,16 @@ def test_request_id_travels_and_is_logged(
         log.current_request_id.reset(token)
     assert answer == {"id": "req-feedface"}
     assert any(getattr(r, "request_id", None) == "req-feedface" for r in caplog.records)
+
+
+def test_a_request_id_that_is_no_plain_token_is_replaced(
+    server: tuple[str, Counter[str]],
+) -> None:
+    forged = "</requestId><Errors>forged"
+    answer = requests.get(server[0] + "/request-id", headers={log.REQUEST_ID_HEADER: forged})
+    assert answer.json()["id"].startswith("req-") and "forged" not in answer.json()["id"]
+    kept = requests.get(server[0] + "/request-id", headers={log.REQUEST_ID_HEADER: "req-abc.1"})
+    assert kept.json()["id"] == "req-abc.1"
 
 
 def test_safe_methods_are_retried_others_not(server: tuple[str, Counter[str]]) -> None:

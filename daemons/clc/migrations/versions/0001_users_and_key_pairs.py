@@ -17,7 +17,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("enabled", sa.Boolean, nullable=False),
         sa.Column("admin", sa.Boolean, nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
         "access_keys",
@@ -29,7 +29,7 @@ def upgrade() -> None:
             sa.ForeignKey("users.name", ondelete="CASCADE"),
             nullable=False,
         ),
-        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
         "key_pairs",
@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.Column("key_type", sa.String(16), nullable=False),
         sa.Column("fingerprint", sa.String(128), nullable=False),
         sa.Column("public_key", sa.String(16384), nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("owner", "name"),
     )
 
