@@ -57,13 +57,28 @@ def _check_name(name: str) -> None:
         )
 
 
-def _store(db: Session, caller: Caller, record: KeyPair) -> KeyPair:
+def _store(
+    db: Session,
+    caller: Caller,
+    name: str,
+    key_type: str,
+    fingerprint: str,
+    public: rsa.RSAPublicKey | ed25519.Ed25519PublicKey,
+) -> KeyPair:
+    record = KeyPair(
+        key_pair_id=_new_id(),
+        owner=caller.user,
+        name=name,
+        key_type=key_type,
+        fingerprint=fingerprint,
+        public_key=_openssh(public).decode(),
+    )
     db.add(record)
     try:
         db.flush()
     except IntegrityError:  # the caller's transaction is rolled back as this leaves it
         raise Ec2Error(
-            "InvalidKeyPair.Duplicate", f"The keypair '{record.name}' already exists."
+            "InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists."
         ) from None
     return record
 
@@ -99,15 +114,8 @@ def create(db: Session, caller: Caller, name: str, key_type: str = "rsa") -> Mad
         )
         public = private_ed.public_key()
         fingerprint = _ed25519_fingerprint(public)
-    record = KeyPair(
-        key_pair_id=_new_id(),
-        owner=caller.user,
-        name=name,
-        key_type=key_type,
-        fingerprint=fingerprint,
-        public_key=_openssh(public).decode(),
-    )
-    return Made(_store(db, caller, record), material.decode())
+    record = _store(db, caller, name, key_type, fingerprint, public)
+    return Made(record, material.decode())
 
 
 def import_(db: Session, caller: Caller, name: str, material: bytes) -> KeyPair:
@@ -136,15 +144,7 @@ def import_(db: Session, caller: Caller, name: str, material: bytes) -> KeyPair:
         fingerprint, key_type = _ed25519_fingerprint(public), "ed25519"
     else:
         raise Ec2Error("InvalidKey.Format", "Only RSA and ed25519 keys are taken")
-    record = KeyPair(
-        key_pair_id=_new_id(),
-        owner=caller.user,
-        name=name,
-        key_type=key_type,
-        fingerprint=fingerprint,
-        public_key=_openssh(public).decode(),
-    )
-    return _store(db, caller, record)
+    return _store(db, caller, name, key_type, fingerprint, public)
 
 
 def describe(db: Session, caller: Caller, names: list[str], ids: list[str]) -> list[KeyPair]:

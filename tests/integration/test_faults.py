@@ -26,6 +26,17 @@ def nodes_of(cc: CcDaemon) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in cc.client.call("GET", "/v1/nodes")["nodes"]}
 
 
+def micro_run(image: dict[str, str]) -> dict[str, Any]:
+    """A runInstance body of one t1.micro instance for an NC."""
+    return {
+        "instance_id": iid(1),
+        "reservation_id": "r-01234567",
+        "owner_id": "alice",
+        "vm_type": MICRO,
+        "image": image,
+    }
+
+
 def remote_error(call: Callable[[], Any]) -> RemoteError:
     with pytest.raises(RemoteError) as caught:
         call()
@@ -219,13 +230,7 @@ def test_an_nc_starts_without_libvirtd_and_serves_once_it_is_back(
     assert resource["hypervisor_reachable"] is False
     assert "does not answer" in resource["hypervisor_error"]
     with blank_image(tmp_path / "www") as (_, image):
-        body = {
-            "instance_id": iid(1),
-            "reservation_id": "r-01234567",
-            "owner_id": "alice",
-            "vm_type": MICRO,
-            "image": image,
-        }
+        body = micro_run(image)
         error = remote_error(lambda: nc.client.call("POST", "/v1/instances", body))
         assert (error.status, error.code) == (503, "HypervisorUnavailable")
         error = remote_error(lambda: nc.client.call("GET", "/v1/instances"))
@@ -251,13 +256,7 @@ def test_an_nc_refuses_an_instance_dir_that_is_not_its_own(
     to start, says why, and destroys nothing."""
     nc = nc_factory()
     with blank_image(tmp_path / "www") as (_, image):
-        body = {
-            "instance_id": iid(1),
-            "reservation_id": "r-01234567",
-            "owner_id": "alice",
-            "vm_type": MICRO,
-            "image": image,
-        }
+        body = micro_run(image)
         assert nc.launch(body)["nc_state"] == "running"
     nc.kill9()
     mounted = nc.instance_dir.with_name("instances.elsewhere")
