@@ -1,24 +1,47 @@
 """The EC2 actions mallee serves: one table from action name to handler.
 
-A handler takes the caller, the request's parameters as the wire layer parsed them
-(names and nesting of botocore's EC2 model) and a database session, calls the domain
-modules, and returns the output in the model's shape. Nothing here knows XML or
-signatures; an action not in the table is ``InvalidAction``.
+A handler takes the request's context (the caller, a database session in the request's
+transaction, the cloud's settings and clusters) and the parameters as the wire layer
+parsed them (names and nesting of botocore's EC2 model), calls the domain modules, and
+returns the output in the model's shape. Nothing here knows XML or signatures; an action
+not in the table is ``InvalidAction``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mallee.clc import keypairs
+from mallee.cc.client import CcClient
+from mallee.clc import clusters, keypairs
 from mallee.clc.db import KeyPair
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
+from mallee.common.capacity import VmType
 
-Handler = Callable[[Session, Caller, dict[str, Any]], dict[str, Any]]
+
+@dataclass(frozen=True)
+class Cloud:
+    """What every request may need of the cloud: its region, its instance types, and
+    a client for a cluster's CC by URL."""
+
+    region: str
+    catalog: list[VmType]
+    cc_client: Callable[[str], CcClient]
+
+
+@dataclass(frozen=True)
+class Context:
+    db: Session
+    caller: Caller
+    cloud: Cloud
+    endpoint: str  # the host the caller reached the cloud at
+
+
+Handler = Callable[[Context, dict[str, Any]], dict[str, Any]]
 
 
 def _not_yet(params: dict[str, Any], *names: str) -> None:
@@ -41,11 +64,11 @@ def _key_pair_info(record: KeyPair, public_key: bool) -> dict[str, Any]:
     return info
 
 
-def create_key_pair(db: Session, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+def create_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     _not_yet(params, "TagSpecifications")
     if params.get("KeyFormat", "pem") != "pem":
         raise Ec2Error("InvalidParameterValue", "KeyFormat: only pem is supported")
-    made = keypairs.create(db, caller, params["KeyName"], params.get("KeyType", "rsa"))
+    made = keypairs.create(ctx.db, ctx.caller, params["KeyName"], params.get("KeyType", "rsa"))
     return {
         "KeyPairId": made.record.key_pair_id,
         "KeyName": made.record.name,
@@ -54,9 +77,9 @@ def create_key_pair(db: Session, caller: Caller, params: dict[str, Any]) -> dict
     }
 
 
-def import_key_pair(db: Session, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+def import_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     _not_yet(params, "TagSpecifications")
-    record = keypairs.import_(db, caller, params["KeyName"], params["PublicKeyMaterial"])
+    record = keypairs.import_(ctx.db, ctx.caller, params["KeyName"], params["PublicKeyMaterial"])
     return {
         "KeyPairId": record.key_pair_id,
         "KeyName": record.name,
@@ -64,18 +87,96 @@ def import_key_pair(db: Session, caller: Caller, params: dict[str, Any]) -> dict
     }
 
 
-def describe_key_pairs(db: Session, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
+def describe_key_pairs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     _not_yet(params, "Filters")
     records = keypairs.describe(
-        db, caller, params.get("KeyNames", []), params.get("KeyPairIds", [])
+        ctx.db, ctx.caller, params.get("KeyNames", []), params.get("KeyPairIds", [])
     )
     public = bool(params.get("IncludePublicKey"))
     return {"KeyPairs": [_key_pair_info(r, public) for r in records]}
 
 
-def delete_key_pair(db: Session, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-    deleted = keypairs.delete(db, caller, params.get("KeyName"), params.get("KeyPairId"))
+def delete_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    deleted = keypairs.delete(ctx.db, ctx.caller, params.get("KeyName"), params.get("KeyPairId"))
     return {"Return": True, **({"KeyPairId": deleted} if deleted else {})}
+
+
+def describe_regions(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "Filters")
+    for name in params.get("RegionNames", []):
+        if name != ctx.cloud.region:
+            raise Ec2Error("InvalidParameterValue", f"Invalid region: {name}")
+    region = {
+        "RegionName": ctx.cloud.region,
+        "Endpoint": ctx.endpoint,
+        "OptInStatus": "opt-in-not-required",
+    }
+    return {"Regions": [region]}
+
+
+def _zone(ctx: Context, name: str, state: str, messages: list[str]) -> dict[str, Any]:
+    return {
+        "ZoneName": name,
+        "ZoneId": name,
+        "State": state,
+        "RegionName": ctx.cloud.region,
+        "ZoneType": "availability-zone",
+        "Messages": [{"Message": m} for m in messages],
+    }
+
+
+def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """One zone per cluster; "available" while its CC answers. An admin who asks for
+    zone "verbose" gets Eucalyptus' form: after each zone, its free and maximum count of
+    each instance type."""
+    _not_yet(params, "Filters")
+    wanted = params.get("ZoneNames", [])
+    verbose = "verbose" in wanted
+    if verbose and not ctx.caller.admin:
+        raise Ec2Error("UnauthorizedOperation", "The verbose zone listing is for admins", 403)
+    wanted = [w for w in wanted if w != "verbose"]
+    known = clusters.all_clusters(ctx.db)
+    if missing := sorted(set(wanted) - {c.name for c in known}):
+        raise Ec2Error("InvalidParameterValue", f"Invalid availability zone: [{missing[0]}]")
+    zones = []
+    for cluster in known:
+        if wanted and cluster.name not in wanted:
+            continue
+        state = clusters.state_of(cluster, ctx.cloud.cc_client, ctx.cloud.catalog)
+        problem = [f"the cluster does not answer: {state.problem}"] if state.problem else []
+        zones.append(_zone(ctx, cluster.name, "unavailable" if problem else "available", problem))
+        if verbose:
+            zones.append(_zone(ctx, "|- vm types", "free / max   cpu   ram  disk", []))
+            for room in state.rooms:
+                vm = room.vm_type
+                counts = f"{room.available:04d} / {room.maximum:04d}"
+                line = f"{counts} {vm.cores:5d} {vm.memory_mb:5d} {vm.disk_gb:5d}"
+                zones.append(_zone(ctx, f"|- {vm.name}", line, []))
+    return {"AvailabilityZones": zones}
+
+
+def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "Filters", "MaxResults", "NextToken")
+    catalog = {vm.name: vm for vm in ctx.cloud.catalog}
+    wanted = params.get("InstanceTypes", [])
+    if missing := [w for w in wanted if w not in catalog]:
+        raise Ec2Error("InvalidInstanceType", f"The instance type '{missing[0]}' does not exist")
+    return {
+        "InstanceTypes": [
+            {
+                "InstanceType": vm.name,
+                "VCpuInfo": {"DefaultVCpus": vm.cores},
+                "MemoryInfo": {"SizeInMiB": vm.memory_mb},
+                "InstanceStorageSupported": True,
+                "InstanceStorageInfo": {"TotalSizeInGB": vm.disk_gb},
+                "SupportedRootDeviceTypes": ["instance-store"],
+                "SupportedUsageClasses": ["on-demand"],
+                "CurrentGeneration": True,
+            }
+            for vm in ctx.cloud.catalog
+            if not wanted or vm.name in wanted
+        ]
+    }
 
 
 ACTIONS: dict[str, Handler] = {
@@ -83,4 +184,7 @@ ACTIONS: dict[str, Handler] = {
     "ImportKeyPair": import_key_pair,
     "DescribeKeyPairs": describe_key_pairs,
     "DeleteKeyPair": delete_key_pair,
+    "DescribeRegions": describe_regions,
+    "DescribeAvailabilityZones": describe_availability_zones,
+    "DescribeInstanceTypes": describe_instance_types,
 }

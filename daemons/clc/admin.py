@@ -5,6 +5,7 @@ Interface), run on the CLC's host against its database.
     mallee-admin user list
     mallee-admin user disable NAME | enable NAME
     mallee-admin user add-key NAME
+    mallee-admin cluster add ZONE URL | list | remove ZONE
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mallee.clc import db, users
+from sqlalchemy.orm import Session
+
+from mallee.clc import clusters, db, users
 from mallee.clc.config import ClcConfig
 from mallee.common import config
 
@@ -38,6 +41,16 @@ def _write_secret(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _cluster(session: Session, args: argparse.Namespace) -> None:
+    if args.verb == "add":
+        clusters.add(session, args.name, args.url)
+    elif args.verb == "remove":
+        clusters.remove(session, args.name)
+    else:
+        for c in clusters.all_clusters(session):
+            print(f"{c.name}\t{c.url}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mallee-admin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help=f"the host's config file (default: {config.DEFAULT_PATH})")
@@ -51,6 +64,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     verbs.add_parser("list", help="every user")
     for verb in ("disable", "enable", "add-key"):
         verbs.add_parser(verb).add_argument("name")
+    cluster = nouns.add_parser("cluster", help="the cloud's clusters: a CC is a zone")
+    cluster_verbs = cluster.add_subparsers(dest="verb", required=True)
+    add = cluster_verbs.add_parser("add", help="a CC, as the zone NAME")
+    add.add_argument("name")
+    add.add_argument("url", help="where the CLC reaches the CC: https://HOST:8774")
+    cluster_verbs.add_parser("list")
+    cluster_verbs.add_parser("remove").add_argument("name")
     args = parser.parse_args(argv)
     if args.config:
         os.environ[config.PATH_ENV] = args.config
@@ -59,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sessions = db.sessions(db.engine_for(clc.database_url))
     try:
         with sessions.begin() as session:
-            if args.verb == "create" or args.verb == "add-key":
+            if args.noun == "cluster":
+                _cluster(session, args)
+            elif args.verb == "create" or args.verb == "add-key":
                 credentials = (
                     users.create_user(session, args.name, args.admin)
                     if args.verb == "create"

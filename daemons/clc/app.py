@@ -8,7 +8,9 @@ from typing import Any
 
 import flask
 
+from mallee.cc.client import CcClient
 from mallee.clc import db, ec2api
+from mallee.clc.actions import Cloud
 from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
 from mallee.common import config, log, rpc
@@ -21,10 +23,19 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     log.setup(common.log_level)
     db.migrate(clc_config.database_url)
     sessions = db.sessions(db.engine_for(clc_config.database_url))
-    app = flask.Flask(__name__)
-    app.extensions["mallee.clc"] = Ec2Frontend(
-        sessions, clc_config.region, clc_config.accept_signature_v2
+    tls_files = (
+        rpc.ClientTLS(common.ca_cert, clc_config.tls_cert, clc_config.tls_key)
+        if common.tls
+        else None
     )
+
+    def cc_client(url: str) -> CcClient:
+        timeout = clc_config.cc_timeout_s
+        return CcClient(rpc.RpcClient(url, tls_files, timeout=(min(timeout, 3.05), timeout)))
+
+    cloud = Cloud(clc_config.region, clc_config.catalog(), cc_client)
+    app = flask.Flask(__name__)
+    app.extensions["mallee.clc"] = Ec2Frontend(sessions, cloud, clc_config.accept_signature_v2)
     rpc.init_app(app, None, common.tls, Metrics("mallee"))
     app.register_blueprint(ec2api.bp)  # open to all: callers sign their requests
     return app

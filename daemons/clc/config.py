@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from mallee.common.capacity import VmType
 from mallee.common.config import DaemonConfig
 
 
@@ -22,3 +23,28 @@ class ClcConfig(DaemonConfig):
     database_url: str = "sqlite:////var/lib/mallee/clc/clc.db"
     region: str = "mallee"
     accept_signature_v2: bool = False
+    # "NAME CORES MEMORY_MB DISK_GB" each; Eucalyptus' five by default.
+    instance_types: list[str] = field(
+        default_factory=lambda: [
+            "m1.small 1 128 2",
+            "c1.medium 1 256 5",
+            "m1.large 2 512 10",
+            "m1.xlarge 2 1024 20",
+            "c1.xlarge 4 2048 20",
+        ]
+    )
+    # How long a call to a CC may take before the CLC gives up on it.
+    cc_timeout_s: float = 10.0
+
+    def catalog(self) -> list[VmType]:
+        """The instance types users may run, in the order the admin gave."""
+        types = []
+        for entry in self.instance_types:
+            try:
+                name, cores, memory_mb, disk_gb = entry.split()
+                types.append(VmType(name, int(cores), int(memory_mb), int(disk_gb)))
+            except ValueError:
+                raise ValueError(
+                    f"[clc] instance_types: {entry!r} is not 'NAME CORES MEMORY_MB DISK_GB'"
+                ) from None
+        return types

@@ -59,6 +59,16 @@ class KeyPair(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
+class Cluster(Base):
+    """A cluster (a CC) is an availability zone, named as users see it."""
+
+    __tablename__ = "clusters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
 def migrate(url: str) -> None:
     """Bring the database at ``url`` to the newest schema (made on first use)."""
     config = Config()

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 from sqlalchemy.orm import Session, sessionmaker
 
 from mallee.clc import auth, users, wire
-from mallee.clc.actions import ACTIONS
+from mallee.clc.actions import ACTIONS, Cloud, Context
 from mallee.common.errors import MalleeError
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,13 @@ class Ec2Frontend:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        region: str,
+        cloud: Cloud,
         accept_signature_v2: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.sessions = sessions
-        self.regions = {region}
+        self.cloud = cloud
+        self.regions = {cloud.region}
         self.accept_signature_v2 = accept_signature_v2
         self.clock = clock
 
@@ -121,7 +122,8 @@ class Ec2Frontend:
             raise wire.Ec2Error(
                 "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
             )
+        endpoint = request.headers.get("host", "")
         with self.sessions.begin() as db:
-            output = handler(db, caller, params)
+            output = handler(Context(db, caller, self.cloud, endpoint), params)
         logger.info("%s by %s", action, caller.user)
         return wire.serialize_response(model, output, request_id)
