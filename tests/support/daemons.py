@@ -182,6 +182,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except ConnectionRefusedError:
+        return False
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -244,9 +252,13 @@ class Daemon:
                 time.sleep(0.2)
 
     def kill9(self) -> None:
+        """SIGKILL to every process of the daemon; back once its port refuses callers
+        (the worker's listening socket outlives the master by a moment, and takes
+        connections it then resets)."""
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        wait_until(lambda: not _listening(self.port), 10, f"port {self.port} to close")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
