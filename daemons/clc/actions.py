@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from mallee.cc.client import CcClient
-from mallee.clc import clusters, keypairs
+from mallee.clc import clusters, keypairs, securitygroups
 from mallee.clc.db import KeyPair
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
@@ -179,6 +179,55 @@ def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[str, A
     }
 
 
+def create_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "TagSpecifications", "VpcId")
+    group = securitygroups.create(ctx.db, ctx.caller, params["GroupName"], params["Description"])
+    return {"GroupId": group.group_id}
+
+
+def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "Filters", "MaxResults", "NextToken")
+    found = securitygroups.describe(
+        ctx.db, ctx.caller, params.get("GroupNames", []), params.get("GroupIds", [])
+    )
+    return {
+        "SecurityGroups": [
+            {
+                "GroupId": group.group_id,
+                "GroupName": group.name,
+                "Description": group.description,
+                "OwnerId": group.owner,
+                "IpPermissions": securitygroups.permissions(ctx.db, rules, securitygroups.INGRESS),
+                "IpPermissionsEgress": securitygroups.permissions(
+                    ctx.db, rules, securitygroups.EGRESS
+                ),
+                "Tags": [],
+            }
+            for group, rules in found
+        ]
+    }
+
+
+def delete_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    group = securitygroups.find(ctx.db, ctx.caller, params.get("GroupId"), params.get("GroupName"))
+    securitygroups.delete(ctx.db, group)
+    return {"Return": True, "GroupId": group.group_id}
+
+
+def _rule_change(direction: str, change: Callable[..., None]) -> Handler:
+    """Authorize or revoke, ingress or egress: the same parameters, four actions."""
+
+    def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+        _not_yet(params, "TagSpecifications", "SecurityGroupRuleIds")
+        group = securitygroups.find(
+            ctx.db, ctx.caller, params.get("GroupId"), params.get("GroupName")
+        )
+        change(ctx.db, group, direction, securitygroups.flows(ctx.db, ctx.caller, params))
+        return {"Return": True}
+
+    return handler
+
+
 ACTIONS: dict[str, Handler] = {
     "CreateKeyPair": create_key_pair,
     "ImportKeyPair": import_key_pair,
@@ -187,4 +236,11 @@ ACTIONS: dict[str, Handler] = {
     "DescribeRegions": describe_regions,
     "DescribeAvailabilityZones": describe_availability_zones,
     "DescribeInstanceTypes": describe_instance_types,
+    "CreateSecurityGroup": create_security_group,
+    "DescribeSecurityGroups": describe_security_groups,
+    "DeleteSecurityGroup": delete_security_group,
+    "AuthorizeSecurityGroupIngress": _rule_change(securitygroups.INGRESS, securitygroups.authorize),
+    "AuthorizeSecurityGroupEgress": _rule_change(securitygroups.EGRESS, securitygroups.authorize),
+    "RevokeSecurityGroupIngress": _rule_change(securitygroups.INGRESS, securitygroups.revoke),
+    "RevokeSecurityGroupEgress": _rule_change(securitygroups.EGRESS, securitygroups.revoke),
 }

@@ -69,6 +69,41 @@ class Cluster(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
+class SecurityGroup(Base):
+    __tablename__ = "security_groups"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    group_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class SecurityGroupRule(Base):
+    """One allowed flow: ``protocol`` ("tcp", "udp", "icmp" or "-1" for all) over a
+    port range (ICMP: type and code; -1 for any), from (ingress) or to (egress) either
+    a CIDR or the members of another group."""
+
+    __tablename__ = "security_group_rules"
+    __table_args__ = (
+        UniqueConstraint(
+            "group_id", "direction", "protocol", "from_port", "to_port", "cidr", "peer_group_id"
+        ),
+    )
+
+    rule_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.group_id", ondelete="CASCADE")
+    )
+    direction: Mapped[str] = mapped_column(String(8))
+    protocol: Mapped[str] = mapped_column(String(8))
+    from_port: Mapped[int] = mapped_column()
+    to_port: Mapped[int] = mapped_column()
+    cidr: Mapped[str] = mapped_column(String(64), default="")
+    peer_group_id: Mapped[str] = mapped_column(String(32), default="")
+
+
 def migrate(url: str) -> None:
     """Bring the database at ``url`` to the newest schema (made on first use)."""
     config = Config()

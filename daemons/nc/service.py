@@ -52,7 +52,7 @@ DEFAULT_CMDLINE = {
 # How long terminateInstance waits for a cancelled launch to wind down before it answers
 # (shutting-down, then; the launch finishes the teardown).
 CANCEL_WAIT_S = 10.0
-TEARDOWN_WORKERS = 4
+TEARDOWN_WORKERS = 16  # a destroy that hangs holds one; the others go on
 
 
 class RefusedToStart(RuntimeError):

@@ -1,0 +1,286 @@
+"""Security groups as EC2 keeps them: each user's named sets of allowed flows, ingress
+and egress, from or to address ranges or the members of another group.
+
+Here they are the CLC's records behind the EC2 API; the CC enforces them on packets
+(the networking issue). Every user has a group named "default" (made when first
+needed); a new group allows all egress, as EC2's VPC groups do, and no ingress.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mallee.clc.db import SecurityGroup, SecurityGroupRule
+from mallee.clc.users import Caller
+from mallee.clc.wire import Ec2Error
+
+DEFAULT = "default"
+INGRESS, EGRESS = "ingress", "egress"
+GROUP_ID = re.compile(r"sg-[0-9a-f]{8,17}")
+PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp"}
+ALL = "-1"  # every protocol, every port
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One allowed flow, as stored: a protocol and its port (or ICMP type and code)
+    range, and either a CIDR or a peer group."""
+
+    protocol: str
+    from_port: int
+    to_port: int
+    cidr: str = ""
+    peer_group_id: str = ""
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(9)[:17]
+
+
+def _text(value: str, what: str) -> str:
+    if not value or len(value) > 255 or not all(" " <= c <= "~" for c in value):
+        raise Ec2Error("InvalidParameterValue", f"{what} is 1 to 255 printable ASCII characters")
+    return value
+
+
+def _make(db: Session, owner: str, name: str, description: str) -> SecurityGroup:
+    group = SecurityGroup(group_id=_new_id("sg-"), owner=owner, name=name, description=description)
+    db.add(group)
+    try:
+        db.flush()
+    except IntegrityError:  # the request's transaction is rolled back as this leaves it
+        raise Ec2Error(
+            "InvalidGroup.Duplicate", f"The security group '{name}' already exists"
+        ) from None
+    db.add(_rule(group.group_id, EGRESS, Flow(ALL, -1, -1, cidr="0.0.0.0/0")))
+    return group
+
+
+def _rule(group_id: str, direction: str, flow: Flow) -> SecurityGroupRule:
+    return SecurityGroupRule(
+        rule_id=_new_id("sgr-"),
+        group_id=group_id,
+        direction=direction,
+        protocol=flow.protocol,
+        from_port=flow.from_port,
+        to_port=flow.to_port,
+        cidr=flow.cidr,
+        peer_group_id=flow.peer_group_id,
+    )
+
+
+def default_group(db: Session, owner: str) -> SecurityGroup:
+    query = select(SecurityGroup).where(SecurityGroup.owner == owner, SecurityGroup.name == DEFAULT)
+    return db.scalars(query).first() or _make(db, owner, DEFAULT, "default group")
+
+
+def create(db: Session, caller: Caller, name: str, description: str) -> SecurityGroup:
+    _text(name, "GroupName")
+    _text(description, "GroupDescription")
+    if name.startswith("sg-"):
+        raise Ec2Error("InvalidParameterValue", "Group names may not begin with sg-")
+    default_group(db, caller.user)  # so that "default" is never a user's own group
+    return _make(db, caller.user, name, description)
+
+
+def find(db: Session, caller: Caller, group_id: str | None, name: str | None) -> SecurityGroup:
+    """The caller's group of that id or name (an admin may name anyone's by id)."""
+    if group_id:
+        if not GROUP_ID.fullmatch(group_id):
+            raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{group_id}"')
+        group = db.get(SecurityGroup, group_id)
+        if group is None or not (caller.admin or group.owner == caller.user):
+            raise Ec2Error(
+                "InvalidGroup.NotFound", f"The security group '{group_id}' does not exist"
+            )
+        return group
+    if not name:
+        raise Ec2Error("MissingParameter", "The request must contain the parameter GroupId")
+    if name == DEFAULT:
+        return default_group(db, caller.user)
+    query = select(SecurityGroup).where(
+        SecurityGroup.owner == caller.user, SecurityGroup.name == name
+    )
+    group = db.scalars(query).first()
+    if group is None:
+        raise Ec2Error("InvalidGroup.NotFound", f"The security group '{name}' does not exist")
+    return group
+
+
+def describe(
+    db: Session, caller: Caller, names: list[str], ids: list[str]
+) -> list[tuple[SecurityGroup, list[SecurityGroupRule]]]:
+    default_group(db, caller.user)
+    if names or ids:
+        groups = [find(db, caller, None, n) for n in names]
+        groups += [find(db, caller, i, None) for i in ids]
+    else:
+        query = select(SecurityGroup).order_by(SecurityGroup.owner, SecurityGroup.created_at)
+        if not caller.admin:
+            query = query.where(SecurityGroup.owner == caller.user)
+        groups = list(db.scalars(query))
+    return [(g, rules_of(db, g.group_id)) for g in groups]
+
+
+def rules_of(db: Session, group_id: str) -> list[SecurityGroupRule]:
+    query = select(SecurityGroupRule).where(SecurityGroupRule.group_id == group_id)
+    return list(db.scalars(query.order_by(SecurityGroupRule.rule_id)))
+
+
+def delete(db: Session, group: SecurityGroup) -> None:
+    if group.name == DEFAULT:
+        raise Ec2Error("CannotDelete", "the default security group cannot be deleted")
+    query = select(SecurityGroupRule).where(
+        SecurityGroupRule.peer_group_id == group.group_id,
+        SecurityGroupRule.group_id != group.group_id,
+    )
+    if (user := db.scalars(query).first()) is not None:
+        raise Ec2Error(
+            "DependencyViolation",
+            f"resource {group.group_id} has a dependent object: a rule of {user.group_id}",
+        )
+    db.delete(group)
+
+
+def flows(db: Session, caller: Caller, params: dict[str, Any]) -> list[Flow]:
+    """The flows a request names: ``IpPermissions``, or EC2's older flat form
+    (``IpProtocol``, ``FromPort``, ``ToPort``, ``CidrIp``, ``SourceSecurityGroupName``)."""
+    flat = {k: params[k] for k in ("IpProtocol", "FromPort", "ToPort", "CidrIp") if k in params}
+    source = params.get("SourceSecurityGroupName")
+    permissions = list(params.get("IpPermissions", []))
+    if flat or source:
+        if permissions:
+            raise Ec2Error(
+                "InvalidParameterCombination", "Give IpPermissions or the flat form, not both"
+            )
+        permission: dict[str, Any] = {"IpProtocol": flat.get("IpProtocol", ALL)}
+        permission |= {k: flat[k] for k in ("FromPort", "ToPort") if k in flat}
+        if "CidrIp" in flat:
+            permission["IpRanges"] = [{"CidrIp": flat["CidrIp"]}]
+        if source:
+            if params.get("SourceSecurityGroupOwnerId") not in (None, caller.user):
+                raise Ec2Error("InvalidParameterValue", "Groups of other users are not supported")
+            permission["UserIdGroupPairs"] = [{"GroupName": source}]
+        permissions = [permission]
+    if not permissions:
+        raise Ec2Error("MissingParameter", "The request must contain IpPermissions")
+    return [flow for p in permissions for flow in _flows_of(db, caller, p)]
+
+
+def _flows_of(db: Session, caller: Caller, permission: dict[str, Any]) -> Iterable[Flow]:
+    protocol, low, high = _ports(permission)
+    cidrs = [_cidr(r.get("CidrIp", "")) for r in permission.get("IpRanges", [])]
+    peers = [
+        find(db, caller, pair.get("GroupId"), pair.get("GroupName")).group_id
+        for pair in permission.get("UserIdGroupPairs", [])
+    ]
+    if permission.get("Ipv6Ranges") or permission.get("PrefixListIds"):
+        raise Ec2Error("InvalidParameterValue", "IPv6 ranges and prefix lists are not supported")
+    if not cidrs and not peers:
+        raise Ec2Error(
+            "MissingParameter", "A rule needs IpRanges (CidrIp) or UserIdGroupPairs (a group)"
+        )
+    yield from (Flow(protocol, low, high, cidr=c) for c in cidrs)
+    yield from (Flow(protocol, low, high, peer_group_id=g) for g in peers)
+
+
+def _ports(permission: dict[str, Any]) -> tuple[str, int, int]:
+    raw = str(permission.get("IpProtocol", "")).lower()
+    if raw in (ALL, "all"):
+        return ALL, -1, -1
+    protocol = PROTOCOLS.get(raw)
+    if protocol is None:
+        raise Ec2Error(
+            "InvalidParameterValue", f"Invalid IP protocol {raw!r}: tcp, udp, icmp or -1"
+        )
+    low, high = permission.get("FromPort"), permission.get("ToPort")
+    if low is None or high is None:
+        raise Ec2Error("MissingParameter", f"A {protocol} rule needs FromPort and ToPort")
+    if protocol == "icmp":  # type and code
+        if not (-1 <= low <= 255 and -1 <= high <= 255):
+            raise Ec2Error("InvalidParameterValue", "ICMP type and code are -1 to 255")
+    elif not (0 <= low <= high <= 65535):
+        raise Ec2Error(
+            "InvalidParameterValue", f"Invalid port range {low}-{high}: 0 to 65535, from ≤ to"
+        )
+    return protocol, low, high
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(text, strict=False))
+    except ValueError:
+        raise Ec2Error("InvalidParameterValue", f"Invalid IPv4 CIDR: {text!r}") from None
+
+
+def authorize(db: Session, group: SecurityGroup, direction: str, wanted: list[Flow]) -> None:
+    existing = {_flow(r) for r in rules_of(db, group.group_id) if r.direction == direction}
+    if duplicate := [f for f in wanted if f in existing]:
+        raise Ec2Error(
+            "InvalidPermission.Duplicate",
+            f'the specified rule "{_describe(duplicate[0])}" already exists',
+        )
+    for flow in dict.fromkeys(wanted):
+        db.add(_rule(group.group_id, direction, flow))
+
+
+def revoke(db: Session, group: SecurityGroup, direction: str, wanted: list[Flow]) -> None:
+    rules = {_flow(r): r for r in rules_of(db, group.group_id) if r.direction == direction}
+    if missing := [f for f in wanted if f not in rules]:
+        raise Ec2Error(
+            "InvalidPermission.NotFound",
+            f"The specified rule does not exist in this security group: {_describe(missing[0])}",
+        )
+    for flow in dict.fromkeys(wanted):
+        db.delete(rules[flow])
+
+
+def _flow(rule: SecurityGroupRule) -> Flow:
+    return Flow(rule.protocol, rule.from_port, rule.to_port, rule.cidr, rule.peer_group_id)
+
+
+def _describe(flow: Flow) -> str:
+    source = flow.cidr or flow.peer_group_id
+    return f"{flow.protocol} {flow.from_port}-{flow.to_port} {source}"
+
+
+def permissions(
+    db: Session, rules: list[SecurityGroupRule], direction: str
+) -> list[dict[str, Any]]:
+    """Rules of one direction in EC2's shape: one permission per protocol and ports,
+    with its address ranges and peer groups."""
+    grouped: dict[tuple[str, int, int], list[SecurityGroupRule]] = defaultdict(list)
+    for rule in rules:
+        if rule.direction == direction:
+            grouped[(rule.protocol, rule.from_port, rule.to_port)].append(rule)
+    answer = []
+    for (protocol, low, high), members in grouped.items():
+        permission: dict[str, Any] = {
+            "IpProtocol": protocol,
+            "IpRanges": [{"CidrIp": r.cidr} for r in members if r.cidr],
+            "UserIdGroupPairs": [_pair(db, r.peer_group_id) for r in members if r.peer_group_id],
+            "Ipv6Ranges": [],
+            "PrefixListIds": [],
+        }
+        if protocol != ALL:
+            permission |= {"FromPort": low, "ToPort": high}
+        answer.append(permission)
+    return answer
+
+
+def _pair(db: Session, group_id: str) -> dict[str, str]:
+    peer = db.get(SecurityGroup, group_id)
+    pair = {"GroupId": group_id}
+    if peer is not None:
+        pair |= {"GroupName": peer.name, "UserId": peer.owner}
+    return pair
