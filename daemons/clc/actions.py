@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from mallee.cc.client import CcClient
-from mallee.clc import clusters, keypairs, securitygroups
+from mallee.clc import clusters, filters, keypairs, securitygroups, tags
 from mallee.clc.db import KeyPair
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
@@ -50,22 +50,27 @@ def _not_yet(params: dict[str, Any], *names: str) -> None:
         raise Ec2Error("InvalidParameterValue", f"{', '.join(given)}: not supported yet")
 
 
-def _key_pair_info(record: KeyPair, public_key: bool) -> dict[str, Any]:
+def _key_pair_info(ctx: Context, record: KeyPair, public_key: bool) -> dict[str, Any]:
     info = {
         "KeyPairId": record.key_pair_id,
         "KeyName": record.name,
         "KeyFingerprint": record.fingerprint,
         "KeyType": record.key_type,
         "CreateTime": record.created_at,
-        "Tags": [],
+        "Tags": tags.of(ctx.db, record.key_pair_id),
     }
     if public_key:
         info["PublicKey"] = record.public_key
     return info
 
 
+def _tagged(ctx: Context, resource_id: str, params: dict[str, Any]) -> list[dict[str, str]]:
+    """Tag what a create call made, as its TagSpecification.N says; its tags."""
+    tags.from_specifications(ctx.db, ctx.caller, resource_id, params.get("TagSpecifications", []))
+    return tags.of(ctx.db, resource_id)
+
+
 def create_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "TagSpecifications")
     if params.get("KeyFormat", "pem") != "pem":
         raise Ec2Error("InvalidParameterValue", "KeyFormat: only pem is supported")
     made = keypairs.create(ctx.db, ctx.caller, params["KeyName"], params.get("KeyType", "rsa"))
@@ -74,30 +79,50 @@ def create_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         "KeyName": made.record.name,
         "KeyFingerprint": made.record.fingerprint,
         "KeyMaterial": made.private_key,
+        "Tags": _tagged(ctx, made.record.key_pair_id, params),
     }
 
 
 def import_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "TagSpecifications")
     record = keypairs.import_(ctx.db, ctx.caller, params["KeyName"], params["PublicKeyMaterial"])
     return {
         "KeyPairId": record.key_pair_id,
         "KeyName": record.name,
         "KeyFingerprint": record.fingerprint,
+        "Tags": _tagged(ctx, record.key_pair_id, params),
     }
 
 
+def _tag_map(ctx: Context, resource_id: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags.of(ctx.db, resource_id)}
+
+
+KEY_PAIR_FILTERS: filters.Fields = {
+    "key-name": lambda k: [k.name],
+    "key-pair-id": lambda k: [k.key_pair_id],
+    "fingerprint": lambda k: [k.fingerprint],
+    "key-type": lambda k: [k.key_type],
+}
+
+
 def describe_key_pairs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "Filters")
     records = keypairs.describe(
         ctx.db, ctx.caller, params.get("KeyNames", []), params.get("KeyPairIds", [])
     )
+    records = filters.apply(
+        records,
+        params.get("Filters", []),
+        KEY_PAIR_FILTERS,
+        lambda k: _tag_map(ctx, k.key_pair_id),
+    )
     public = bool(params.get("IncludePublicKey"))
-    return {"KeyPairs": [_key_pair_info(r, public) for r in records]}
+    return {"KeyPairs": [_key_pair_info(ctx, r, public) for r in records]}
 
 
 def delete_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     deleted = keypairs.delete(ctx.db, ctx.caller, params.get("KeyName"), params.get("KeyPairId"))
+    if deleted:
+        tags.forget(ctx.db, deleted)
     return {"Return": True, **({"KeyPairId": deleted} if deleted else {})}
 
 
@@ -180,15 +205,29 @@ def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[str, A
 
 
 def create_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "TagSpecifications", "VpcId")
+    _not_yet(params, "VpcId")
     group = securitygroups.create(ctx.db, ctx.caller, params["GroupName"], params["Description"])
-    return {"GroupId": group.group_id}
+    return {"GroupId": group.group_id, "Tags": _tagged(ctx, group.group_id, params)}
+
+
+SECURITY_GROUP_FILTERS: filters.Fields = {
+    "group-name": lambda found: [found[0].name],
+    "group-id": lambda found: [found[0].group_id],
+    "description": lambda found: [found[0].description],
+    "owner-id": lambda found: [found[0].owner],
+}
 
 
 def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "Filters", "MaxResults", "NextToken")
+    _not_yet(params, "MaxResults", "NextToken")
     found = securitygroups.describe(
         ctx.db, ctx.caller, params.get("GroupNames", []), params.get("GroupIds", [])
+    )
+    found = filters.apply(
+        found,
+        params.get("Filters", []),
+        SECURITY_GROUP_FILTERS,
+        lambda g: _tag_map(ctx, g[0].group_id),
     )
     return {
         "SecurityGroups": [
@@ -201,7 +240,7 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
                 "IpPermissionsEgress": securitygroups.permissions(
                     ctx.db, rules, securitygroups.EGRESS
                 ),
-                "Tags": [],
+                "Tags": tags.of(ctx.db, group.group_id),
             }
             for group, rules in found
         ]
@@ -211,6 +250,7 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
 def delete_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     group = securitygroups.find(ctx.db, ctx.caller, params.get("GroupId"), params.get("GroupName"))
     securitygroups.delete(ctx.db, group)
+    tags.forget(ctx.db, group.group_id)
     return {"Return": True, "GroupId": group.group_id}
 
 
@@ -228,6 +268,38 @@ def _rule_change(direction: str, change: Callable[..., None]) -> Handler:
     return handler
 
 
+def create_tags(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    tags.create(ctx.db, ctx.caller, params["Resources"], params["Tags"])
+    return {}
+
+
+def delete_tags(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    tags.delete_tags(ctx.db, ctx.caller, params["Resources"], params.get("Tags", []))
+    return {}
+
+
+def describe_tags(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "MaxResults", "NextToken")
+    return {"Tags": tags.describe(ctx.db, ctx.caller, params.get("Filters", []))}
+
+
+def describe_account_attributes(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """What clients ask before they launch: the platform (EC2-Classic's kind: no VPCs)."""
+    attributes = {"supported-platforms": ["EC2"], "default-vpc": ["none"]}
+    wanted = params.get("AttributeNames") or list(attributes)
+    if unknown := [a for a in wanted if a not in attributes]:
+        raise Ec2Error("InvalidParameterValue", f"Unknown account attribute: {unknown[0]}")
+    return {
+        "AccountAttributes": [
+            {
+                "AttributeName": name,
+                "AttributeValues": [{"AttributeValue": v} for v in attributes[name]],
+            }
+            for name in wanted
+        ]
+    }
+
+
 ACTIONS: dict[str, Handler] = {
     "CreateKeyPair": create_key_pair,
     "ImportKeyPair": import_key_pair,
@@ -243,4 +315,8 @@ ACTIONS: dict[str, Handler] = {
     "AuthorizeSecurityGroupEgress": _rule_change(securitygroups.EGRESS, securitygroups.authorize),
     "RevokeSecurityGroupIngress": _rule_change(securitygroups.INGRESS, securitygroups.revoke),
     "RevokeSecurityGroupEgress": _rule_change(securitygroups.EGRESS, securitygroups.revoke),
+    "CreateTags": create_tags,
+    "DeleteTags": delete_tags,
+    "DescribeTags": describe_tags,
+    "DescribeAccountAttributes": describe_account_attributes,
 }

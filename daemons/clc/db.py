@@ -104,6 +104,17 @@ class SecurityGroupRule(Base):
     peer_group_id: Mapped[str] = mapped_column(String(32), default="")
 
 
+class Tag(Base):
+    """A user's tag on one of their resources (at most one value per key)."""
+
+    __tablename__ = "tags"
+
+    resource_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), default="")
+    owner: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
+
+
 def migrate(url: str) -> None:
     """Bring the database at ``url`` to the newest schema (made on first use)."""
     config = Config()
