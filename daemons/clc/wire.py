@@ -193,7 +193,7 @@ def _scalar(shape: Shape, key: str, text: str) -> Any:
     if kind == "blob":
         try:
             return base64.b64decode(text, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: not ASCII
             raise invalid("Expected base64.") from None
     raise invalid(f"Parameters of type {kind} are not taken.")
 
