@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mallee.common.capacity import VmType
-from mallee.common.rpc import RpcClient
+from mallee.common.rpc import RemoteError, RpcClient
 
 
 @dataclass(frozen=True)
@@ -28,4 +28,12 @@ class CcClient:
         body = {"vm_types": [asdict(vm) for vm in vm_types]}
         answer = self.rpc.call("POST", "/v1/resources/describe", body)
         by_name = {vm.name: vm for vm in vm_types}
-        return [TypeRoom(by_name[t["name"]], t["available"], t["max"]) for t in answer["vm_types"]]
+        try:
+            return [
+                TypeRoom(by_name[t["name"]], int(t["available"]), int(t["max"]))
+                for t in answer["vm_types"]
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise RemoteError(
+                502, "BadAnswer", f"{self.rpc.base_url}: an answer not in the CC's API ({e!r})"
+            ) from None

@@ -248,7 +248,9 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
 
 
 def delete_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    group = securitygroups.find(ctx.db, ctx.caller, params.get("GroupId"), params.get("GroupName"))
+    group = securitygroups.find(
+        ctx.db, ctx.caller.user, params.get("GroupId"), params.get("GroupName"), lock=True
+    )
     securitygroups.delete(ctx.db, group)
     tags.forget(ctx.db, group.group_id)
     return {"Return": True, "GroupId": group.group_id}
@@ -260,9 +262,9 @@ def _rule_change(direction: str, change: Callable[..., None]) -> Handler:
     def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         _not_yet(params, "TagSpecifications", "SecurityGroupRuleIds")
         group = securitygroups.find(
-            ctx.db, ctx.caller, params.get("GroupId"), params.get("GroupName")
+            ctx.db, ctx.caller.user, params.get("GroupId"), params.get("GroupName")
         )
-        change(ctx.db, group, direction, securitygroups.flows(ctx.db, ctx.caller, params))
+        change(ctx.db, group, direction, securitygroups.flows(ctx.db, group, params))
         return {"Return": True}
 
     return handler

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from mallee.clc import clusters, db, users
+from mallee.clc import clusters, db, securitygroups, users
 from mallee.clc.config import ClcConfig
 from mallee.common import config
 
@@ -82,11 +82,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.noun == "cluster":
                 _cluster(session, args)
             elif args.verb == "create" or args.verb == "add-key":
-                credentials = (
-                    users.create_user(session, args.name, args.admin)
-                    if args.verb == "create"
-                    else users.add_access_key(session, args.name)
-                )
+                if args.verb == "create":
+                    credentials = users.create_user(session, args.name, args.admin)
+                    securitygroups.default_group(session, args.name)  # EC2's, from the start
+                else:
+                    credentials = users.add_access_key(session, args.name)
                 text = _credentials_text(credentials, clc)
                 if getattr(args, "rc", None):
                     _write_secret(args.rc, text)

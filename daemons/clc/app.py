@@ -3,6 +3,7 @@ EC2 API."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,9 +30,12 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
         else None
     )
 
+    timeout = clc_config.cc_timeout_s
+
+    @functools.cache  # one client, and its connections, per CC
     def cc_client(url: str) -> CcClient:
-        timeout = clc_config.cc_timeout_s
-        return CcClient(rpc.RpcClient(url, tls_files, timeout=(min(timeout, 3.05), timeout)))
+        rpc_client = rpc.RpcClient(url, tls_files, timeout=(min(timeout, 3.05), timeout), retries=1)
+        return CcClient(rpc_client)
 
     cloud = Cloud(clc_config.region, clc_config.catalog(), cc_client)
     app = flask.Flask(__name__)

@@ -28,8 +28,11 @@ class ZoneState:
 
 
 def add(db: Session, name: str, url: str) -> None:
-    if not ZONE_NAME.fullmatch(name):
-        raise ValueError(f"zone name {name!r}: lower-case letters, digits and '-', at most 63")
+    if not ZONE_NAME.fullmatch(name) or name == "verbose":
+        raise ValueError(
+            f"zone name {name!r}: lower-case letters, digits and '-', at most 63 "
+            "('verbose' asks for the admins' listing)"
+        )
     url = url.rstrip("/")
     if not url.startswith(("https://", "http://")):
         raise ValueError(f"{url!r}: the CC's URL, https://HOST:8774")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from functools import cache
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from mallee.clc.wire import Ec2Error
@@ -16,7 +16,7 @@ Item = TypeVar("Item")
 Fields = Mapping[str, Callable[[Any], list[str]]]
 
 
-@cache
+@lru_cache(maxsize=256)  # the patterns are callers' text: bounded
 def _pattern(value: str) -> re.Pattern[str]:
     pieces = ("." if c == "?" else ".*" if c == "*" else re.escape(c) for c in value)
     return re.compile("".join(pieces), re.DOTALL)

@@ -89,31 +89,41 @@ def create(db: Session, caller: Caller, name: str, description: str) -> Security
     _text(description, "GroupDescription")
     if name.startswith("sg-"):
         raise Ec2Error("InvalidParameterValue", "Group names may not begin with sg-")
-    default_group(db, caller.user)  # so that "default" is never a user's own group
+    if name == DEFAULT:
+        raise Ec2Error("InvalidGroup.Reserved", "The security group 'default' is reserved")
     return _make(db, caller.user, name, description)
 
 
-def find(db: Session, caller: Caller, group_id: str | None, name: str | None) -> SecurityGroup:
-    """The caller's group of that id or name (an admin may name anyone's by id)."""
+def find(
+    db: Session,
+    owner: str,
+    group_id: str | None,
+    name: str | None,
+    anyones: bool = False,
+    lock: bool = False,
+) -> SecurityGroup:
+    """``owner``'s group of that id or name (with ``anyones``, any user's by id: what
+    an admin may see). ``lock`` holds the row against a concurrent change or delete
+    until the request's transaction ends."""
     if group_id:
         if not GROUP_ID.fullmatch(group_id):
             raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{group_id}"')
-        group = db.get(SecurityGroup, group_id)
-        if group is None or not (caller.admin or group.owner == caller.user):
-            raise Ec2Error(
-                "InvalidGroup.NotFound", f"The security group '{group_id}' does not exist"
-            )
-        return group
-    if not name:
+        query = select(SecurityGroup).where(SecurityGroup.group_id == group_id)
+        if not anyones:
+            query = query.where(SecurityGroup.owner == owner)
+        missing = group_id
+    elif name:
+        if name == DEFAULT:
+            default_group(db, owner)
+        query = select(SecurityGroup).where(
+            SecurityGroup.owner == owner, SecurityGroup.name == name
+        )
+        missing = name
+    else:
         raise Ec2Error("MissingParameter", "The request must contain the parameter GroupId")
-    if name == DEFAULT:
-        return default_group(db, caller.user)
-    query = select(SecurityGroup).where(
-        SecurityGroup.owner == caller.user, SecurityGroup.name == name
-    )
-    group = db.scalars(query).first()
+    group = db.scalars(query.with_for_update() if lock else query).first()
     if group is None:
-        raise Ec2Error("InvalidGroup.NotFound", f"The security group '{name}' does not exist")
+        raise Ec2Error("InvalidGroup.NotFound", f"The security group '{missing}' does not exist")
     return group
 
 
@@ -122,8 +132,8 @@ def describe(
 ) -> list[tuple[SecurityGroup, list[SecurityGroupRule]]]:
     default_group(db, caller.user)
     if names or ids:
-        groups = [find(db, caller, None, n) for n in names]
-        groups += [find(db, caller, i, None) for i in ids]
+        groups = [find(db, caller.user, None, n) for n in names]
+        groups += [find(db, caller.user, i, None, anyones=caller.admin) for i in ids]
     else:
         query = select(SecurityGroup).order_by(SecurityGroup.owner, SecurityGroup.created_at)
         if not caller.admin:
@@ -152,38 +162,59 @@ def delete(db: Session, group: SecurityGroup) -> None:
     db.delete(group)
 
 
-def flows(db: Session, caller: Caller, params: dict[str, Any]) -> list[Flow]:
-    """The flows a request names: ``IpPermissions``, or EC2's older flat form
-    (``IpProtocol``, ``FromPort``, ``ToPort``, ``CidrIp``, ``SourceSecurityGroupName``)."""
+def flows(db: Session, group: SecurityGroup, params: dict[str, Any]) -> list[Flow]:
+    """The flows a request names for ``group``: ``IpPermissions``, or EC2's older flat
+    form: ``IpProtocol``/``FromPort``/``ToPort``/``CidrIp``, or a whole peer group
+    (``SourceSecurityGroupName``: all of TCP, UDP and ICMP from its members, as
+    EC2-Classic gave it). Peer groups are the group owner's own."""
     flat = {k: params[k] for k in ("IpProtocol", "FromPort", "ToPort", "CidrIp") if k in params}
     source = params.get("SourceSecurityGroupName")
     permissions = list(params.get("IpPermissions", []))
-    if flat or source:
-        if permissions:
-            raise Ec2Error(
-                "InvalidParameterCombination", "Give IpPermissions or the flat form, not both"
-            )
+    if (flat or source) and permissions:
+        raise Ec2Error(
+            "InvalidParameterCombination", "Give IpPermissions or the flat form, not both"
+        )
+    if flat and source:
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            "SourceSecurityGroupName allows a whole group: it takes no protocol, ports or CIDR",
+        )
+    if source:
+        _same_owner(group, params.get("SourceSecurityGroupOwnerId"))
+        pair = [{"GroupName": source}]
+        permissions = [
+            {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535, "UserIdGroupPairs": pair},
+            {"IpProtocol": "udp", "FromPort": 0, "ToPort": 65535, "UserIdGroupPairs": pair},
+            {"IpProtocol": "icmp", "FromPort": -1, "ToPort": -1, "UserIdGroupPairs": pair},
+        ]
+    elif flat:
         permission: dict[str, Any] = {"IpProtocol": flat.get("IpProtocol", ALL)}
         permission |= {k: flat[k] for k in ("FromPort", "ToPort") if k in flat}
         if "CidrIp" in flat:
             permission["IpRanges"] = [{"CidrIp": flat["CidrIp"]}]
-        if source:
-            if params.get("SourceSecurityGroupOwnerId") not in (None, caller.user):
-                raise Ec2Error("InvalidParameterValue", "Groups of other users are not supported")
-            permission["UserIdGroupPairs"] = [{"GroupName": source}]
         permissions = [permission]
     if not permissions:
         raise Ec2Error("MissingParameter", "The request must contain IpPermissions")
-    return [flow for p in permissions for flow in _flows_of(db, caller, p)]
+    return [flow for p in permissions for flow in _flows_of(db, group, p)]
 
 
-def _flows_of(db: Session, caller: Caller, permission: dict[str, Any]) -> Iterable[Flow]:
+def _same_owner(group: SecurityGroup, user_id: str | None) -> None:
+    if user_id not in (None, "", group.owner):
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Rules may name only groups of {group.owner}, the owner of {group.group_id}",
+        )
+
+
+def _flows_of(db: Session, group: SecurityGroup, permission: dict[str, Any]) -> Iterable[Flow]:
     protocol, low, high = _ports(permission)
     cidrs = [_cidr(r.get("CidrIp", "")) for r in permission.get("IpRanges", [])]
-    peers = [
-        find(db, caller, pair.get("GroupId"), pair.get("GroupName")).group_id
-        for pair in permission.get("UserIdGroupPairs", [])
-    ]
+    peers = []
+    for pair in permission.get("UserIdGroupPairs", []):
+        _same_owner(group, pair.get("UserId"))
+        # held until the request ends: a concurrent delete of the peer waits
+        peer = find(db, group.owner, pair.get("GroupId"), pair.get("GroupName"), lock=True)
+        peers.append(peer.group_id)
     if permission.get("Ipv6Ranges") or permission.get("PrefixListIds"):
         raise Ec2Error("InvalidParameterValue", "IPv6 ranges and prefix lists are not supported")
     if not cidrs and not peers:
@@ -207,8 +238,10 @@ def _ports(permission: dict[str, Any]) -> tuple[str, int, int]:
     if low is None or high is None:
         raise Ec2Error("MissingParameter", f"A {protocol} rule needs FromPort and ToPort")
     if protocol == "icmp":  # type and code
-        if not (-1 <= low <= 255 and -1 <= high <= 255):
-            raise Ec2Error("InvalidParameterValue", "ICMP type and code are -1 to 255")
+        if not (-1 <= low <= 255 and -1 <= high <= 255) or (low == -1 and high != -1):
+            raise Ec2Error(
+                "InvalidParameterValue", "ICMP type and code are -1 to 255 (any type: any code)"
+            )
     elif not (0 <= low <= high <= 65535):
         raise Ec2Error(
             "InvalidParameterValue", f"Invalid port range {low}-{high}: 0 to 65535, from ≤ to"
@@ -226,12 +259,19 @@ def _cidr(text: str) -> str:
 def authorize(db: Session, group: SecurityGroup, direction: str, wanted: list[Flow]) -> None:
     existing = {_flow(r) for r in rules_of(db, group.group_id) if r.direction == direction}
     if duplicate := [f for f in wanted if f in existing]:
-        raise Ec2Error(
-            "InvalidPermission.Duplicate",
-            f'the specified rule "{_describe(duplicate[0])}" already exists',
-        )
+        raise _duplicate(duplicate[0])
     for flow in dict.fromkeys(wanted):
         db.add(_rule(group.group_id, direction, flow))
+    try:
+        db.flush()
+    except IntegrityError:  # a concurrent request added one of them first
+        raise _duplicate(wanted[0]) from None
+
+
+def _duplicate(flow: Flow) -> Ec2Error:
+    return Ec2Error(
+        "InvalidPermission.Duplicate", f'the specified rule "{_describe(flow)}" already exists'
+    )
 
 
 def revoke(db: Session, group: SecurityGroup, direction: str, wanted: list[Flow]) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mallee.clc import filters
@@ -63,6 +64,10 @@ def _checked(tags: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
     pairs = []
     for tag in tags:
         key, value = tag.get("Key", ""), tag.get("Value", "")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key + value):
+            raise Ec2Error(
+                "InvalidParameterValue", "Tag keys and values hold no control characters"
+            )
         if not 1 <= len(key) <= 127 or len(value) > 255:
             raise Ec2Error(
                 "InvalidParameterValue", "Tag keys are 1 to 127 characters, values up to 255"
@@ -85,7 +90,12 @@ def create(
                 db.add(Tag(resource_id=resource_id, key=key, value=value, owner=caller.user))
             else:
                 existing.value = value
-        db.flush()
+        try:
+            db.flush()
+        except IntegrityError:  # another request tagged it with the same key meanwhile
+            raise Ec2Error(
+                "ConcurrentTagAccess", f"The tags of {resource_id} changed meanwhile: try again"
+            ) from None
         count = len(list(db.scalars(select(Tag.key).where(Tag.resource_id == resource_id))))
         if count > MAX_PER_RESOURCE:
             raise Ec2Error(

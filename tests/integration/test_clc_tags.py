@@ -80,6 +80,9 @@ def test_tags_refused(clc_factory: Callable[..., ClcDaemon]) -> None:
     assert code_of(lambda: bob.create_tags(Resources=[key], Tags=[{"Key": "x", "Value": "y"}])) == (
         "InvalidKeyPair.NotFound"
     )
+    alice.create_tags(Resources=[key], Tags=[{"Key": "team", "Value": "ops"}])
+    assert code_of(lambda: bob.delete_tags(Resources=[key])) == "InvalidKeyPair.NotFound"
+    alice.delete_tags(Resources=[key])  # every tag of it
     assert (
         code_of(lambda: alice.create_tags(Resources=[key], Tags=[{"Key": "aws:x", "Value": "y"}]))
         == "InvalidParameterValue"
