@@ -170,3 +170,34 @@ def boot_bench(**nc_settings: Any) -> Iterator[BootBench]:
             yield bench
         finally:
             nc.cleanup()
+
+
+@dataclass
+class Paired:
+    """Per-round times of the NC and of bare libvirt, and their ratios."""
+
+    nc: list[float]
+    bare: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [n / b for n, b in zip(self.nc, self.bare, strict=True)]
+
+
+def interleaved(
+    rounds: int, nc: Callable[[int], float], bare: Callable[[int], float], label: str
+) -> Paired:
+    """``rounds`` rounds of both sides, the side that goes first alternating (this
+    machine is noisy: a ratio is only fair within one round); each round printed."""
+    times = Paired([], [])
+    print(f"{label:>5} {'nc (s)':>8} {'virsh (s)':>10} {'ratio':>6}")
+    for r in range(1, rounds + 1):
+        if r % 2:
+            t_nc, t_bare = nc(r), bare(r)
+        else:
+            t_bare = bare(r)
+            t_nc = nc(r)
+        times.nc.append(t_nc)
+        times.bare.append(t_bare)
+        print(f"{r:>5} {t_nc:>8.2f} {t_bare:>10.2f} {t_nc / t_bare:>6.3f}", flush=True)
+    return times

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.harness import BootBench, boot_bench, median, verdict, wait_for_all
+from bench.harness import BootBench, boot_bench, interleaved, median, verdict, wait_for_all
 
 TARGET = 1.10
 BOOT_TIMEOUT_S = 120
@@ -43,25 +43,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=10)
     args = parser.parse_args()
-    nc_times, bare_times, ratios = [], [], []
     with boot_bench() as bench:
-        print(f"{'pair':>4} {'nc (s)':>8} {'virsh (s)':>10} {'ratio':>6}")
-        for n in range(1, args.pairs + 1):
-            instance_id, name = f"i-{n:017x}", f"bench-bare-{n}"
-            if n % 2:
-                t_nc = nc_boot(bench, instance_id)
-                t_bare = bare_boot(bench, name)
-            else:
-                t_bare = bare_boot(bench, name)
-                t_nc = nc_boot(bench, instance_id)
-            nc_times.append(t_nc)
-            bare_times.append(t_bare)
-            ratios.append(t_nc / t_bare)
-            print(f"{n:>4} {t_nc:>8.2f} {t_bare:>10.2f} {ratios[-1]:>6.3f}", flush=True)
+        times = interleaved(
+            args.pairs,
+            lambda n: nc_boot(bench, f"i-{n:017x}"),
+            lambda n: bare_boot(bench, f"bench-bare-{n}"),
+            "pair",
+        )
+    ratios = times.ratios
     ratio = median(ratios)
     print(
-        f"\nmedian boot: NC runInstance→marker {median(nc_times):.2f} s, "
-        f"virsh create→marker {median(bare_times):.2f} s"
+        f"\nmedian boot: NC runInstance→marker {median(times.nc):.2f} s, "
+        f"virsh create→marker {median(times.bare):.2f} s"
     )
     print(
         f"runInstance→boot marker / virsh create→boot marker, median of {len(ratios)} "

@@ -15,7 +15,15 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from bench.harness import BootBench, boot_bench, median, run_all, verdict, wait_for_all
+from bench.harness import (
+    BootBench,
+    boot_bench,
+    interleaved,
+    median,
+    run_all,
+    verdict,
+    wait_for_all,
+)
 
 TARGET = 1.10
 BATCH_TIMEOUT_S = 300  # 8 TCG guests on 2 cores take about 20 s
@@ -48,27 +56,19 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    nc_times, bare_times, ratios = [], [], []
     # 8 one-core instances on this 2-core machine: let the NC promise that many cores.
     with boot_bench(cpu_overcommit=float(args.instances)) as bench:
-        print(f"{'round':>5} {'nc (s)':>8} {'virsh (s)':>10} {'ratio':>6}")
-        for r in range(1, args.rounds + 1):
-            ids = [f"i-{r:08x}{n:09x}" for n in range(args.instances)]
-            names = [f"bench-bare-{r}-{n}" for n in range(args.instances)]
-            if r % 2:
-                t_nc = nc_batch(bench, ids)
-                t_bare = bare_batch(bench, names)
-            else:
-                t_bare = bare_batch(bench, names)
-                t_nc = nc_batch(bench, ids)
-            nc_times.append(t_nc)
-            bare_times.append(t_bare)
-            ratios.append(t_nc / t_bare)
-            print(f"{r:>5} {t_nc:>8.2f} {t_bare:>10.2f} {ratios[-1]:>6.3f}", flush=True)
+        times = interleaved(
+            args.rounds,
+            lambda r: nc_batch(bench, [f"i-{r:08x}{n:09x}" for n in range(args.instances)]),
+            lambda r: bare_batch(bench, [f"bench-bare-{r}-{n}" for n in range(args.instances)]),
+            "round",
+        )
+    ratios = times.ratios
     ratio = median(ratios)
     print(
         f"\n{args.instances} at once, median time to the last boot marker: NC "
-        f"{median(nc_times):.2f} s, virsh create {median(bare_times):.2f} s"
+        f"{median(times.nc):.2f} s, virsh create {median(times.bare):.2f} s"
     )
     print(
         f"NC / virsh create, median of {len(ratios)} rounds: {ratio:.3f}   "

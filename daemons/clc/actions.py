@@ -50,14 +50,14 @@ def _not_yet(params: dict[str, Any], *names: str) -> None:
         raise Ec2Error("InvalidParameterValue", f"{', '.join(given)}: not supported yet")
 
 
-def _key_pair_info(ctx: Context, record: KeyPair, public_key: bool) -> dict[str, Any]:
+def _key_pair_info(record: KeyPair, its_tags: dict[str, str], public_key: bool) -> dict[str, Any]:
     info = {
         "KeyPairId": record.key_pair_id,
         "KeyName": record.name,
         "KeyFingerprint": record.fingerprint,
         "KeyType": record.key_type,
         "CreateTime": record.created_at,
-        "Tags": tags.of(ctx.db, record.key_pair_id),
+        "Tags": tags.as_list(its_tags),
     }
     if public_key:
         info["PublicKey"] = record.public_key
@@ -93,10 +93,6 @@ def import_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tag_map(ctx: Context, resource_id: str) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in tags.of(ctx.db, resource_id)}
-
-
 KEY_PAIR_FILTERS: filters.Fields = {
     "key-name": lambda k: [k.name],
     "key-pair-id": lambda k: [k.key_pair_id],
@@ -109,14 +105,12 @@ def describe_key_pairs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     records = keypairs.describe(
         ctx.db, ctx.caller, params.get("KeyNames", []), params.get("KeyPairIds", [])
     )
+    tagged = tags.of_all(ctx.db, [r.key_pair_id for r in records])
     records = filters.apply(
-        records,
-        params.get("Filters", []),
-        KEY_PAIR_FILTERS,
-        lambda k: _tag_map(ctx, k.key_pair_id),
+        records, params.get("Filters", []), KEY_PAIR_FILTERS, lambda k: tagged[k.key_pair_id]
     )
     public = bool(params.get("IncludePublicKey"))
-    return {"KeyPairs": [_key_pair_info(ctx, r, public) for r in records]}
+    return {"KeyPairs": [_key_pair_info(r, tagged[r.key_pair_id], public) for r in records]}
 
 
 def delete_key_pair(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -223,11 +217,9 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
     found = securitygroups.describe(
         ctx.db, ctx.caller, params.get("GroupNames", []), params.get("GroupIds", [])
     )
+    tagged = tags.of_all(ctx.db, [group.group_id for group, _ in found])
     found = filters.apply(
-        found,
-        params.get("Filters", []),
-        SECURITY_GROUP_FILTERS,
-        lambda g: _tag_map(ctx, g[0].group_id),
+        found, params.get("Filters", []), SECURITY_GROUP_FILTERS, lambda g: tagged[g[0].group_id]
     )
     return {
         "SecurityGroups": [
@@ -240,7 +232,7 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
                 "IpPermissionsEgress": securitygroups.permissions(
                     ctx.db, rules, securitygroups.EGRESS
                 ),
-                "Tags": tags.of(ctx.db, group.group_id),
+                "Tags": tags.as_list(tagged[group.group_id]),
             }
             for group, rules in found
         ]

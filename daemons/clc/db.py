@@ -15,7 +15,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, ForeignKey, String, UniqueConstraint, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -113,6 +114,16 @@ class Tag(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(String(256), default="")
     owner: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
+
+
+def flush_or(session: Session, conflict: Exception) -> None:
+    """Write what the session holds now; a unique constraint it breaks (a name taken, a
+    rule made by a concurrent request) raises ``conflict``. The request's transaction
+    is rolled back as the error leaves it."""
+    try:
+        session.flush()
+    except IntegrityError:
+        raise conflict from None
 
 
 def migrate(url: str) -> None:

@@ -25,7 +25,8 @@ def ec2() -> flask.Response:
         body=request.get_data(),
     )
     frontend: Ec2Frontend = flask.current_app.extensions["mallee.clc"]
-    answer = frontend.handle(raw, flask.g.request_id)
+    request_id = flask.g.request_id
+    answer = frontend.handle(raw, request_id)
     response = flask.Response(answer.body, answer.status, mimetype="text/xml")
-    response.headers["x-amzn-RequestId"] = answer.request_id
+    response.headers["x-amzn-RequestId"] = request_id
     return response

@@ -69,7 +69,6 @@ def received(raw: RawRequest) -> auth.Received:
 class Answer:
     status: int
     body: bytes
-    request_id: str
 
 
 class Ec2Frontend:
@@ -82,48 +81,48 @@ class Ec2Frontend:
     ) -> None:
         self.sessions = sessions
         self.cloud = cloud
-        self.regions = {cloud.region}
         self.accept_signature_v2 = accept_signature_v2
         self.clock = clock
 
     def handle(self, raw: RawRequest, request_id: str) -> Answer:
         """``request_id`` is the one mallee's logs carry; EC2's answer names it too."""
         try:
-            return Answer(200, self._serve(received(raw), request_id), request_id)
+            return Answer(200, self._serve(received(raw), request_id))
         except MalleeError as e:
             logger.info("refused: %s: %s", e.code, e.message)
-            return Answer(e.status, wire.serialize_error(e.code, e.message, request_id), request_id)
+            return Answer(e.status, wire.serialize_error(e.code, e.message, request_id))
         except Exception:
             logger.exception("unexpected error")
             message = f"We encountered an internal error; the cloud's log has request {request_id}"
-            return Answer(
-                500, wire.serialize_error("InternalError", message, request_id), request_id
-            )
+            return Answer(500, wire.serialize_error("InternalError", message, request_id))
 
     def _serve(self, request: auth.Received, request_id: str) -> bytes:
-        with self.sessions() as db:
+        """One transaction from the signature check to the action's last write: a
+        refusal anywhere rolls all of it back."""
+        with self.sessions.begin() as db:
             key_id = auth.signer_of(
                 request,
                 lambda key: users.secret_of(db, key),
                 self.clock(),
-                self.regions,
+                {self.cloud.region},
                 self.accept_signature_v2,
             )
             caller = users.caller(db, key_id)
-        action = request.params.get("Action")
-        if not action:
-            raise wire.Ec2Error("MissingAction", "The request must contain the parameter Action")
-        model = wire.operation(action)
-        handler = ACTIONS.get(action)
-        if handler is None:
-            raise wire.invalid_action(action)
-        params = wire.parse_request(model, request.params)
-        if params.pop("DryRun", False):
-            raise wire.Ec2Error(
-                "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
-            )
-        endpoint = request.headers.get("host", "")
-        with self.sessions.begin() as db:
+            action = request.params.get("Action")
+            if not action:
+                raise wire.Ec2Error(
+                    "MissingAction", "The request must contain the parameter Action"
+                )
+            model = wire.operation(action)
+            handler = ACTIONS.get(action)
+            if handler is None:
+                raise wire.invalid_action(action)
+            params = wire.parse_request(model, request.params)
+            if params.pop("DryRun", False):
+                raise wire.Ec2Error(
+                    "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
+                )
+            endpoint = request.headers.get("host", "")
             output = handler(Context(db, caller, self.cloud, endpoint), params)
         logger.info("%s by %s", action, caller.user)
         return wire.serialize_response(model, output, request_id)

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mallee.clc.db import KeyPair
+from mallee.clc.db import KeyPair, flush_or
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
 
@@ -74,12 +73,7 @@ def _store(
         public_key=_openssh(public).decode(),
     )
     db.add(record)
-    try:
-        db.flush()
-    except IntegrityError:  # the caller's transaction is rolled back as this leaves it
-        raise Ec2Error(
-            "InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists."
-        ) from None
+    flush_or(db, Ec2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists."))
     return record
 
 

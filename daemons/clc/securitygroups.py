@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mallee.clc.db import SecurityGroup, SecurityGroupRule
+from mallee.clc.db import SecurityGroup, SecurityGroupRule, flush_or
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
 
@@ -56,12 +55,7 @@ def _text(value: str, what: str) -> str:
 def _make(db: Session, owner: str, name: str, description: str) -> SecurityGroup:
     group = SecurityGroup(group_id=_new_id("sg-"), owner=owner, name=name, description=description)
     db.add(group)
-    try:
-        db.flush()
-    except IntegrityError:  # the request's transaction is rolled back as this leaves it
-        raise Ec2Error(
-            "InvalidGroup.Duplicate", f"The security group '{name}' already exists"
-        ) from None
+    flush_or(db, Ec2Error("InvalidGroup.Duplicate", f"The security group '{name}' already exists"))
     db.add(_rule(group.group_id, EGRESS, Flow(ALL, -1, -1, cidr="0.0.0.0/0")))
     return group
 
@@ -262,10 +256,7 @@ def authorize(db: Session, group: SecurityGroup, direction: str, wanted: list[Fl
         raise _duplicate(duplicate[0])
     for flow in dict.fromkeys(wanted):
         db.add(_rule(group.group_id, direction, flow))
-    try:
-        db.flush()
-    except IntegrityError:  # a concurrent request added one of them first
-        raise _duplicate(wanted[0]) from None
+    flush_or(db, _duplicate(wanted[0]))  # a concurrent request made one of them first
 
 
 def _duplicate(flow: Flow) -> Ec2Error:

@@ -10,12 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mallee.clc import filters
-from mallee.clc.db import KeyPair, SecurityGroup, Tag
+from mallee.clc.db import KeyPair, SecurityGroup, Tag, flush_or
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
 
@@ -90,14 +89,13 @@ def create(
                 db.add(Tag(resource_id=resource_id, key=key, value=value, owner=caller.user))
             else:
                 existing.value = value
-        try:
-            db.flush()
-        except IntegrityError:  # another request tagged it with the same key meanwhile
-            raise Ec2Error(
-                "ConcurrentTagAccess", f"The tags of {resource_id} changed meanwhile: try again"
-            ) from None
-        count = len(list(db.scalars(select(Tag.key).where(Tag.resource_id == resource_id))))
-        if count > MAX_PER_RESOURCE:
+        # another request may have tagged it with the same key meanwhile
+        concurrent = Ec2Error(
+            "ConcurrentTagAccess", f"The tags of {resource_id} changed meanwhile: try again"
+        )
+        flush_or(db, concurrent)
+        count = select(func.count()).select_from(Tag).where(Tag.resource_id == resource_id)
+        if (db.scalar(count) or 0) > MAX_PER_RESOURCE:
             raise Ec2Error(
                 "TagLimitExceeded", f"The maximum number of tags ({MAX_PER_RESOURCE}) is exceeded"
             )
@@ -126,8 +124,20 @@ def forget(db: Session, resource_id: str) -> None:
 
 
 def of(db: Session, resource_id: str) -> list[dict[str, str]]:
-    query = select(Tag).where(Tag.resource_id == resource_id).order_by(Tag.key)
-    return [{"Key": t.key, "Value": t.value} for t in db.scalars(query)]
+    return as_list(of_all(db, [resource_id]).get(resource_id, {}))
+
+
+def of_all(db: Session, resource_ids: list[str]) -> dict[str, dict[str, str]]:
+    """The tags of many resources in one query: id → key → value."""
+    found: dict[str, dict[str, str]] = {i: {} for i in resource_ids}
+    for tag in db.scalars(select(Tag).where(Tag.resource_id.in_(resource_ids))):
+        found[tag.resource_id][tag.key] = tag.value
+    return found
+
+
+def as_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """EC2's shape of a resource's tags, by key."""
+    return [{"Key": key, "Value": tags[key]} for key in sorted(tags)]
 
 
 FIELDS: filters.Fields = {
