@@ -3,10 +3,18 @@ CLC uses, answers as plain data. The CLC calls its clusters only through this.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 from mallee.common.capacity import VmType
 from mallee.common.rpc import RemoteError, RpcClient
+
+# How long a runInstances may take: the CC answers once every instance's NC has
+# fetched its images and started its domain.
+RUN_TIMEOUT_S = 1800.0
+
+Answer = TypeVar("Answer")
 
 
 @dataclass(frozen=True)
@@ -18,22 +26,96 @@ class TypeRoom:
     maximum: int
 
 
+@dataclass(frozen=True)
+class ClusterInstance:
+    """An instance as the CC reports it: EC2's state, where it runs, and why it ended
+    (the launch's failure, or the NC's reason) once terminated."""
+
+    instance_id: str
+    state: str
+    node: str
+    reachable: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """The CC's answer for one instance of a terminate or reboot: done, or an error."""
+
+    instance_id: str
+    error_code: str = ""
+    error_message: str = ""
+
+
 class CcClient:
     """One CC, through an RpcClient whose timeouts and retries suit the calls made."""
 
     def __init__(self, rpc: RpcClient) -> None:
         self.rpc = rpc
 
-    def describe_resources(self, vm_types: list[VmType]) -> list[TypeRoom]:
-        body = {"vm_types": [asdict(vm) for vm in vm_types]}
-        answer = self.rpc.call("POST", "/v1/resources/describe", body)
-        by_name = {vm.name: vm for vm in vm_types}
+    def _read(self, answer: Any, read: Callable[[Any], Answer]) -> Answer:
         try:
-            return [
-                TypeRoom(by_name[t["name"]], int(t["available"]), int(t["max"]))
-                for t in answer["vm_types"]
-            ]
+            return read(answer)
         except (KeyError, TypeError, ValueError) as e:
             raise RemoteError(
                 502, "BadAnswer", f"{self.rpc.base_url}: an answer not in the CC's API ({e!r})"
             ) from None
+
+    def describe_resources(self, vm_types: list[VmType]) -> list[TypeRoom]:
+        body = {"vm_types": [asdict(vm) for vm in vm_types]}
+        answer = self.rpc.call("POST", "/v1/resources/describe", body)
+        by_name = {vm.name: vm for vm in vm_types}
+        return self._read(
+            answer,
+            lambda a: [
+                TypeRoom(by_name[t["name"]], int(t["available"]), int(t["max"]))
+                for t in a["vm_types"]
+            ],
+        )
+
+    def run_instances(self, request: dict[str, Any]) -> list[ClusterInstance]:
+        """``request`` is the CC's RunInstancesRequest. Answers once all run on their
+        nodes (or raises, none running)."""
+        timeout = (self.rpc.timeout[0], RUN_TIMEOUT_S)
+        answer = self.rpc.call("POST", "/v1/instances", request, timeout=timeout)
+        return self._read(answer, lambda a: [_instance(i) for i in a["instances"]])
+
+    def describe_instances(self) -> list[ClusterInstance]:
+        """Every instance the cluster knows."""
+        answer = self.rpc.call("GET", "/v1/instances")
+        return self._read(answer, lambda a: [_instance(i) for i in a["instances"]])
+
+    def terminate_instances(self, instance_ids: list[str]) -> list[InstanceResult]:
+        answer = self.rpc.call("POST", "/v1/instances/terminate", {"instance_ids": instance_ids})
+        return self._read(answer, _results)
+
+    def reboot_instances(self, instance_ids: list[str]) -> list[InstanceResult]:
+        answer = self.rpc.call("POST", "/v1/instances/reboot", {"instance_ids": instance_ids})
+        return self._read(answer, _results)
+
+    def console_output(self, instance_id: str) -> str:
+        answer = self.rpc.call("GET", f"/v1/instances/{instance_id}/console")
+        return self._read(answer, lambda a: str(a["output"]))
+
+
+def _instance(view: dict[str, Any]) -> ClusterInstance:
+    failure = view.get("failure")
+    reason = f"{failure['code']}: {failure['message']}" if failure else view.get("state_reason")
+    return ClusterInstance(
+        str(view["instance_id"]),
+        str(view["state"]["name"]),
+        str(view["node"]),
+        bool(view["reachable"]),
+        str(reason or ""),
+    )
+
+
+def _results(answer: Any) -> list[InstanceResult]:
+    return [
+        InstanceResult(
+            str(r["instance_id"]),
+            str(r["error"]["code"]) if "error" in r else "",
+            str(r["error"]["message"]) if "error" in r else "",
+        )
+        for r in answer["results"]
+    ]

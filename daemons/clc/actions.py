@@ -9,28 +9,49 @@ not in the table is ``InvalidAction``.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from mallee.cc.client import CcClient
-from mallee.clc import clusters, filters, keypairs, securitygroups, tags
-from mallee.clc.db import KeyPair
+from mallee.clc import (
+    clusters,
+    filters,
+    images,
+    instances,
+    keypairs,
+    paging,
+    securitygroups,
+    sla,
+    tags,
+)
+from mallee.clc.config import ClcConfig
+from mallee.clc.db import Image, Instance, KeyPair, SecurityGroup
 from mallee.clc.users import Caller
+from mallee.clc.vmcontrol import VmControl
 from mallee.clc.wire import Ec2Error
 from mallee.common.capacity import VmType
 
 
 @dataclass(frozen=True)
 class Cloud:
-    """What every request may need of the cloud: its region, its instance types, and
-    a client for a cluster's CC by URL."""
+    """What every request may need of the cloud: its settings and instance types, a
+    client for a cluster's CC by URL, VmControl, the SLA chain and the image store."""
 
-    region: str
+    config: ClcConfig
     catalog: list[VmType]
     cc_client: Callable[[str], CcClient]
+    vmcontrol: VmControl
+    sla_chain: list[sla.Policy]
+    store: images.ImageStore
+
+    @property
+    def region(self) -> str:
+        return self.config.region
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,8 @@ class Context:
     caller: Caller
     cloud: Cloud
     endpoint: str  # the host the caller reached the cloud at
+    # What to do once the request's transaction has committed (and only then).
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
 
 
 Handler = Callable[[Context, dict[str, Any]], dict[str, Any]]
@@ -294,6 +317,369 @@ def describe_account_attributes(ctx: Context, params: dict[str, Any]) -> dict[st
     }
 
 
+# -- instances --------------------------------------------------------------------------
+
+# Parameters of RunInstances mallee does not serve: refused when given, never ignored.
+RUN_UNSUPPORTED = (
+    "BlockDeviceMappings",
+    "NetworkInterfaces",
+    "SubnetId",
+    "PrivateIpAddress",
+    "IamInstanceProfile",
+    "LaunchTemplate",
+    "ElasticGpuSpecification",
+    "ElasticInferenceAccelerators",
+    "InstanceMarketOptions",
+    "CreditSpecification",
+    "CpuOptions",
+    "CapacityReservationSpecification",
+    "HibernationOptions",
+    "LicenseSpecifications",
+    "MetadataOptions",
+    "EnclaveOptions",
+    "Ipv6Addresses",
+    "Ipv6AddressCount",
+    "DisableApiTermination",
+    "AdditionalInfo",
+)
+
+
+def _state(name: str) -> dict[str, Any]:
+    return {"Code": instances.STATE_CODES[name], "Name": name}
+
+
+def _instance_info(
+    r: Instance, its_tags: dict[str, str], groups: dict[str, SecurityGroup]
+) -> dict[str, Any]:
+    reason_code, _, reason_message = r.state_reason.partition(": ")
+    return {
+        "InstanceId": r.instance_id,
+        "ImageId": r.image_id,
+        "State": _state(r.state),
+        "PrivateDnsName": "",
+        "PublicDnsName": "",
+        "StateTransitionReason": r.state_reason,
+        "StateReason": (
+            {"Code": reason_code, "Message": reason_message or reason_code}
+            if r.state_reason
+            else None
+        ),
+        "KeyName": r.key_name,
+        "AmiLaunchIndex": r.launch_index,
+        "InstanceType": r.instance_type,
+        "LaunchTime": r.launch_time,
+        "Placement": {"AvailabilityZone": r.zone, "Tenancy": "default"},
+        "KernelId": r.kernel_id,
+        "RamdiskId": r.ramdisk_id,
+        "Monitoring": {"State": "disabled"},
+        "PrivateIpAddress": r.private_ip or None,
+        "PublicIpAddress": r.public_ip or None,
+        "Architecture": "x86_64",
+        "RootDeviceType": "instance-store",
+        "VirtualizationType": "paravirtual" if r.kernel_id else "hvm",
+        "SecurityGroups": [
+            {"GroupId": g, "GroupName": groups[g].name} for g in r.group_ids if g in groups
+        ],
+        "Tags": tags.as_list(its_tags),
+    }
+
+
+def _groups_of(ctx: Context, records: list[Instance]) -> dict[str, SecurityGroup]:
+    wanted = {g for r in records for g in r.group_ids}
+    return {g.group_id: g for g in securitygroups.by_ids(ctx.db, wanted)}
+
+
+def _reservations(
+    ctx: Context, records: list[Instance], tokens: dict[str, str | None]
+) -> list[dict[str, Any]]:
+    """Instances grouped by reservation, in order of launch, as EC2 lists them."""
+    tagged = tags.of_all(ctx.db, [r.instance_id for r in records])
+    groups = _groups_of(ctx, records)
+    by_reservation: dict[str, dict[str, Any]] = {}
+    for r in records:
+        reservation = by_reservation.setdefault(
+            r.reservation_id,
+            {"ReservationId": r.reservation_id, "OwnerId": r.owner, "Groups": [], "Instances": []},
+        )
+        info = _instance_info(r, tagged[r.instance_id], groups)
+        info["ClientToken"] = tokens.get(r.reservation_id)
+        reservation["Instances"].append(info)
+    return list(by_reservation.values())
+
+
+def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, *RUN_UNSUPPORTED)
+    cloud = ctx.cloud
+    launch = instances.run(
+        ctx.db,
+        ctx.caller,
+        params,
+        cloud.catalog,
+        cloud.config,
+        cloud.sla_chain,
+        cloud.vmcontrol.model(ctx.db),
+    )
+    if not launch.repeated:
+        for record in launch.instances:
+            for spec in params.get("TagSpecifications", []):
+                tags.create(ctx.db, ctx.caller, [record.instance_id], spec.get("Tags", []))
+        reservation_id = launch.reservation.reservation_id
+        ctx.after_commit.append(lambda: cloud.vmcontrol.dispatch(reservation_id))
+    [reservation] = _reservations(
+        ctx,
+        launch.instances,
+        {launch.reservation.reservation_id: launch.reservation.client_token},
+    )
+    return reservation
+
+
+INSTANCE_FILTERS: filters.Fields = {
+    "instance-id": lambda r: [r.instance_id],
+    "reservation-id": lambda r: [r.reservation_id],
+    "instance-state-name": lambda r: [r.state],
+    "instance-state-code": lambda r: [str(instances.STATE_CODES[r.state])],
+    "instance-type": lambda r: [r.instance_type],
+    "image-id": lambda r: [r.image_id],
+    "kernel-id": lambda r: [r.kernel_id] if r.kernel_id else [],
+    "ramdisk-id": lambda r: [r.ramdisk_id] if r.ramdisk_id else [],
+    "key-name": lambda r: [r.key_name] if r.key_name else [],
+    "availability-zone": lambda r: [r.zone],
+    "owner-id": lambda r: [r.owner],
+    "launch-index": lambda r: [str(r.launch_index)],
+    "group-id": lambda r: list(r.group_ids),
+    "instance.group-id": lambda r: list(r.group_ids),
+    "private-ip-address": lambda r: [r.private_ip] if r.private_ip else [],
+    "ip-address": lambda r: [r.public_ip] if r.public_ip else [],
+    "architecture": lambda r: ["x86_64"],
+    "root-device-type": lambda r: ["instance-store"],
+}
+
+
+def _listed(ctx: Context, params: dict[str, Any], ids_param: str) -> list[Instance]:
+    ids = params.get(ids_param, [])
+    if ids and "MaxResults" in params:
+        raise Ec2Error("InvalidParameterCombination", f"{ids_param} cannot be used with MaxResults")
+    records = instances.visible(ctx.db, ctx.caller, ids, ctx.cloud.config.terminated_visible_s)
+    tagged = tags.of_all(ctx.db, [r.instance_id for r in records])
+    return filters.apply(
+        records, params.get("Filters", []), INSTANCE_FILTERS, lambda r: tagged[r.instance_id]
+    )
+
+
+def describe_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    records, token = paging.page(_listed(ctx, params, "InstanceIds"), params)
+    tokens = instances.client_tokens(ctx.db, {r.reservation_id for r in records})
+    return {"Reservations": _reservations(ctx, records, tokens), "NextToken": token}
+
+
+def describe_instance_status(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Running instances (all with IncludeAllInstances); a running instance's checks
+    pass while its node answers."""
+    records = _listed(ctx, params, "InstanceIds")
+    if not params.get("IncludeAllInstances"):
+        records = [r for r in records if r.state == "running"]
+    records, token = paging.page(records, params)
+    reachable = ctx.cloud.vmcontrol.reachable({r.instance_id for r in records})
+
+    def status(r: Instance) -> dict[str, Any]:
+        if r.state != "running":
+            return {"Status": "not-applicable"}
+        ok = r.instance_id in reachable
+        check = "passed" if ok else "failed"
+        return {
+            "Status": "ok" if ok else "impaired",
+            "Details": [{"Name": "reachability", "Status": check}],
+        }
+
+    return {
+        "InstanceStatuses": [
+            {
+                "InstanceId": r.instance_id,
+                "AvailabilityZone": r.zone,
+                "InstanceState": _state(r.state),
+                "InstanceStatus": status(r),
+                "SystemStatus": status(r),
+            }
+            for r in records
+        ],
+        "NextToken": token,
+    }
+
+
+def terminate_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    changed = instances.terminate(ctx.db, ctx.caller, params["InstanceIds"])
+    ending = [r.instance_id for r, _ in changed if r.state == "shutting-down"]
+    ctx.after_commit.append(lambda: ctx.cloud.vmcontrol.terminate(ending))
+    return {
+        "TerminatingInstances": [
+            {
+                "InstanceId": r.instance_id,
+                "CurrentState": _state(r.state),
+                "PreviousState": _state(before),
+            }
+            for r, before in changed
+        ]
+    }
+
+
+def reboot_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    records = instances.owned(ctx.db, ctx.caller, params["InstanceIds"])
+    if ended := [r.instance_id for r in records if r.state in ("shutting-down", "terminated")]:
+        raise Ec2Error("IncorrectInstanceState", f"The instance '{ended[0]}' is not running")
+    ctx.cloud.vmcontrol.reboot(ctx.db, [r for r in records if r.state == "running"])
+    return {}
+
+
+def get_console_output(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    [record] = instances.owned(ctx.db, ctx.caller, [params["InstanceId"]])
+    output = ctx.cloud.vmcontrol.console_output(ctx.db, record)
+    return {
+        "InstanceId": record.instance_id,
+        "Timestamp": datetime.now(UTC),
+        "Output": base64.b64encode(output.encode()).decode("ascii"),
+    }
+
+
+def describe_instance_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    [r] = instances.visible(
+        ctx.db, ctx.caller, [params["InstanceId"]], ctx.cloud.config.terminated_visible_s
+    )
+    attribute = params["Attribute"]
+    values: dict[str, Callable[[], dict[str, Any]]] = {
+        "userData": lambda: {"UserData": {"Value": r.user_data}},
+        "instanceType": lambda: {"InstanceType": {"Value": r.instance_type}},
+        "kernel": lambda: {"KernelId": {"Value": r.kernel_id}},
+        "ramdisk": lambda: {"RamdiskId": {"Value": r.ramdisk_id}},
+        "groupSet": lambda: {
+            "Groups": [
+                {"GroupId": g.group_id, "GroupName": g.name}
+                for g in securitygroups.by_ids(ctx.db, set(r.group_ids))
+            ]
+        },
+        "rootDeviceName": lambda: {"RootDeviceName": {"Value": "/dev/vda"}},
+        "disableApiTermination": lambda: {"DisableApiTermination": {"Value": False}},
+        "instanceInitiatedShutdownBehavior": lambda: {
+            "InstanceInitiatedShutdownBehavior": {"Value": "terminate"}
+        },
+    }
+    if attribute not in values:
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Attribute {attribute}: mallee answers {', '.join(values)}",
+        )
+    return {"InstanceId": r.instance_id, **values[attribute]()}
+
+
+# -- images -----------------------------------------------------------------------------
+
+
+def _image_info(image: Image, its_tags: dict[str, str]) -> dict[str, Any]:
+    return {
+        "ImageId": image.image_id,
+        "ImageLocation": image.digest,
+        "State": image.state if image.state == "available" else "disabled",
+        "OwnerId": image.owner,
+        "CreationDate": images.creation_date(image),
+        "Public": image.public,
+        "Architecture": "x86_64",
+        "ImageType": image.kind,
+        "KernelId": image.kernel_id,
+        "RamdiskId": image.ramdisk_id,
+        "Name": image.name,
+        "Description": image.description or None,
+        "RootDeviceType": "instance-store",
+        "RootDeviceName": "/dev/vda",
+        "VirtualizationType": "paravirtual" if image.kernel_id else "hvm",
+        "Hypervisor": "xen",  # the model's enum knows ovm and xen only
+        "Tags": tags.as_list(its_tags),
+    }
+
+
+IMAGE_FILTERS: filters.Fields = {
+    "image-id": lambda i: [i.image_id],
+    "image-type": lambda i: [i.kind],
+    "name": lambda i: [i.name],
+    "description": lambda i: [i.description],
+    "owner-id": lambda i: [i.owner],
+    "is-public": lambda i: ["true" if i.public else "false"],
+    "state": lambda i: [i.state],
+    "kernel-id": lambda i: [i.kernel_id] if i.kernel_id else [],
+    "ramdisk-id": lambda i: [i.ramdisk_id] if i.ramdisk_id else [],
+    "architecture": lambda i: ["x86_64"],
+    "root-device-type": lambda i: ["instance-store"],
+}
+
+
+def describe_images(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "ExecutableUsers")
+    found = images.describe(
+        ctx.db, ctx.caller, params.get("ImageIds", []), params.get("Owners", [])
+    )
+    tagged = tags.of_all(ctx.db, [i.image_id for i in found])
+    found = filters.apply(
+        found, params.get("Filters", []), IMAGE_FILTERS, lambda i: tagged[i.image_id]
+    )
+    found, token = paging.page(found, params)
+    return {"Images": [_image_info(i, tagged[i.image_id]) for i in found], "NextToken": token}
+
+
+def register_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Admins register a file of the image store (``mallee-admin image store FILE``
+    prints its location) as a machine image, booting its own disk or the kernel (and
+    ramdisk) named."""
+    _not_yet(params, "BlockDeviceMappings", "BillingProducts", "SriovNetSupport", "EnaSupport")
+    if not ctx.caller.admin:
+        raise Ec2Error("UnauthorizedOperation", "Only admins register images", 403)
+    if params.get("Architecture", "x86_64") != "x86_64":
+        raise Ec2Error("InvalidParameterValue", "Architecture: mallee runs x86_64 only")
+    location = params.get("ImageLocation") or ""
+    stored = ctx.cloud.store.stat(location)
+    if stored is None:
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"ImageLocation {location[:80]!r}: not a file of the image store (sha256:HEX, "
+            "as `mallee-admin image store FILE` prints it)",
+        )
+    image = images.register(
+        ctx.db,
+        ctx.caller.user,
+        "machine",
+        params["Name"],
+        stored,
+        kernel_id=params.get("KernelId"),
+        ramdisk_id=params.get("RamdiskId"),
+        description=params.get("Description", ""),
+    )
+    return {"ImageId": image.image_id}
+
+
+def deregister_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    images.deregister(ctx.db, ctx.caller, params["ImageId"])
+    tags.forget(ctx.db, params["ImageId"])
+    return {}
+
+
+def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    image = images.find(ctx.db, ctx.caller, params["ImageId"])
+    attribute = params["Attribute"]
+    values: dict[str, Callable[[], dict[str, Any]]] = {
+        "description": lambda: {"Description": {"Value": image.description}},
+        "kernel": lambda: {"KernelId": {"Value": image.kernel_id}},
+        "ramdisk": lambda: {"RamdiskId": {"Value": image.ramdisk_id}},
+        "launchPermission": lambda: {
+            "LaunchPermissions": [{"Group": "all"}] if image.public else []
+        },
+        "productCodes": lambda: {"ProductCodes": []},
+        "blockDeviceMapping": lambda: {"BlockDeviceMappings": []},
+    }
+    if attribute not in values:
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Attribute {attribute}: mallee answers {', '.join(values)}",
+        )
+    return {"ImageId": image.image_id, **values[attribute]()}
+
+
 ACTIONS: dict[str, Handler] = {
     "CreateKeyPair": create_key_pair,
     "ImportKeyPair": import_key_pair,
@@ -313,4 +699,15 @@ ACTIONS: dict[str, Handler] = {
     "DeleteTags": delete_tags,
     "DescribeTags": describe_tags,
     "DescribeAccountAttributes": describe_account_attributes,
+    "RunInstances": run_instances,
+    "DescribeInstances": describe_instances,
+    "DescribeInstanceStatus": describe_instance_status,
+    "TerminateInstances": terminate_instances,
+    "RebootInstances": reboot_instances,
+    "GetConsoleOutput": get_console_output,
+    "DescribeInstanceAttribute": describe_instance_attribute,
+    "DescribeImages": describe_images,
+    "RegisterImage": register_image,
+    "DeregisterImage": deregister_image,
+    "DescribeImageAttribute": describe_image_attribute,
 }

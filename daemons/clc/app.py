@@ -1,21 +1,46 @@
-"""The CLC's app factory: config, the database brought to the newest schema, then the
-EC2 API."""
+"""The CLC's app factory: config, the database brought to the newest schema, VmControl
+and its poll of the clusters, then the EC2 API and the image store's route."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import flask
+from sqlalchemy.orm import Session, sessionmaker
 
 from mallee.cc.client import CcClient
-from mallee.clc import db, ec2api
+from mallee.clc import db, ec2api, imageapi, images, sla
 from mallee.clc.actions import Cloud
 from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
+from mallee.clc.vmcontrol import VmControl
 from mallee.common import config, log, rpc
 from mallee.common.metrics import Metrics
+from mallee.common.periodic import Periodic
+
+
+def build_cloud(
+    clc_config: ClcConfig,
+    sessions: sessionmaker[Session],
+    cc_client: Callable[[str], CcClient],
+    image_url: str,
+    metrics: Metrics,
+) -> Cloud:
+    """What the EC2 actions work with; VmControl's poll is not started here."""
+    catalog = clc_config.catalog()
+    vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url.rstrip("/"), metrics)
+    return Cloud(
+        clc_config,
+        catalog,
+        cc_client,
+        vmcontrol,
+        sla.chain_of(clc_config),
+        images.ImageStore(Path(clc_config.image_dir)),
+    )
 
 
 def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flask.Flask:
@@ -37,9 +62,14 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
         rpc_client = rpc.RpcClient(url, tls_files, timeout=(min(timeout, 3.05), timeout), retries=1)
         return CcClient(rpc_client)
 
-    cloud = Cloud(clc_config.region, clc_config.catalog(), cc_client)
+    scheme = "https" if common.tls else "http"
+    image_url = clc_config.image_url or f"{scheme}://{socket.getfqdn()}:{clc_config.port}"
+    metrics = Metrics("mallee")
+    cloud = build_cloud(clc_config, sessions, cc_client, image_url, metrics)
     app = flask.Flask(__name__)
     app.extensions["mallee.clc"] = Ec2Frontend(sessions, cloud, clc_config.accept_signature_v2)
-    rpc.init_app(app, None, common.tls, Metrics("mallee"))
+    rpc.init_app(app, None, common.tls, metrics)
     app.register_blueprint(ec2api.bp)  # open to all: callers sign their requests
+    rpc.register_blueprint(app, imageapi.bp, roles=["nc"])
+    Periodic("clc-poll", clc_config.poll_interval_s, cloud.vmcontrol.poll).start()
     return app

@@ -35,6 +35,29 @@ class ClcConfig(DaemonConfig):
     )
     # How long a call to a CC may take before the CLC gives up on it.
     cc_timeout_s: float = 10.0
+    # How often each CC is asked for its instances and room (its report is ground
+    # truth), and after how many polls not listing an instance it once took, that
+    # instance is ended as lost.
+    poll_interval_s: float = 5.0
+    lost_after_polls: int = 3
+    # How long terminated instances stay in DescribeInstances (EC2: about an hour).
+    terminated_visible_s: float = 3600.0
+    # The image store (files named by digest), and the URL NCs fetch them at: this
+    # CLC as the NCs reach it ("" for https://<this host's FQDN>:<port>).
+    image_dir: str = "/var/lib/mallee/clc/images"
+    image_url: str = ""
+    # The SLA chain, in order (module:function each; see mallee.clc.sla), and the
+    # shipped policies' settings: live instances per user (0: no quota), and the
+    # lease after which instances are terminated (0: none).
+    sla_policies: list[str] = field(
+        default_factory=lambda: [
+            "mallee.clc.sla:quota",
+            "mallee.clc.sla:placement",
+            "mallee.clc.sla:lease",
+        ]
+    )
+    instance_quota: int = 4
+    lease_hours: float = 6.0
 
     def catalog(self) -> list[VmType]:
         """The instance types users may run, in the order the admin gave."""

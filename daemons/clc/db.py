@@ -13,7 +13,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, ForeignKey, String, UniqueConstraint, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -116,6 +126,81 @@ class Tag(Base):
     owner: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
 
 
+class Image(Base):
+    """A registered image: a file of the CLC's image store (named by its digest), of
+    one kind: a machine image (``emi-``), a kernel (``eki-``) or a ramdisk (``eri-``).
+    A machine image booted by its own kernel names one of each."""
+
+    __tablename__ = "images"
+
+    image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))  # a user, or "mallee" for the cloud's
+    kind: Mapped[str] = mapped_column(String(8))  # machine, kernel, ramdisk
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    digest: Mapped[str] = mapped_column(String(71))  # sha256:HEX
+    size: Mapped[int] = mapped_column(BigInteger)
+    disk_format: Mapped[str] = mapped_column(String(8))  # raw, qcow2
+    kernel_id: Mapped[str | None] = mapped_column(String(32))
+    ramdisk_id: Mapped[str | None] = mapped_column(String(32))
+    public: Mapped[bool] = mapped_column(default=False)
+    state: Mapped[str] = mapped_column(String(16), default="available")  # or disabled
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class Reservation(Base):
+    """One RunInstances: its instances, and the client token that makes a retry of the
+    same request answer the same reservation (``request_digest`` tells the same from a
+    different request with the token reused)."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (UniqueConstraint("owner", "client_token"),)
+
+    reservation_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
+    client_token: Mapped[str | None] = mapped_column(String(64))
+    request_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class Instance(Base):
+    """An instance as the CLC knows it: what its user asked for, and its state as its
+    cluster last reported it.
+
+    ``dispatch`` says how far the CLC got in handing it to its CC: "queued" (not sent),
+    "sent" (sent; no answer recorded: a CLC that died here sends it again, and the CC
+    refuses an id it has already), "accepted" (the CC took it: from now on only the
+    CC's reports move its state)."""
+
+    __tablename__ = "instances"
+
+    instance_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reservation_id: Mapped[str] = mapped_column(
+        ForeignKey("reservations.reservation_id", ondelete="CASCADE")
+    )
+    owner: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
+    launch_index: Mapped[int] = mapped_column()
+    image_id: Mapped[str] = mapped_column(String(32))
+    kernel_id: Mapped[str | None] = mapped_column(String(32))
+    ramdisk_id: Mapped[str | None] = mapped_column(String(32))
+    instance_type: Mapped[str] = mapped_column(String(64))
+    zone: Mapped[str] = mapped_column(String(64))
+    key_name: Mapped[str | None] = mapped_column(String(255))
+    public_key: Mapped[str | None] = mapped_column(Text)  # as it was at launch
+    user_data: Mapped[str | None] = mapped_column(Text)  # base64, as given
+    group_ids: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state_reason: Mapped[str] = mapped_column(String(512), default="")
+    dispatch: Mapped[str] = mapped_column(String(8), default="queued")
+    node: Mapped[str] = mapped_column(String(64), default="")
+    missing_polls: Mapped[int] = mapped_column(default=0)
+    private_ip: Mapped[str] = mapped_column(String(45), default="")
+    public_ip: Mapped[str] = mapped_column(String(45), default="")
+    launch_time: Mapped[datetime] = mapped_column(default=utc_now)
+    lease_ends_at: Mapped[datetime | None] = mapped_column()
+    terminated_at: Mapped[datetime | None] = mapped_column()
+
+
 def flush_or(session: Session, conflict: Exception) -> None:
     """Write what the session holds now; a unique constraint it breaks (a name taken, a
     rule made by a concurrent request) raises ``conflict``. The request's transaction
@@ -142,12 +227,15 @@ def migrate(url: str) -> None:
 
 def engine_for(url: str) -> Engine:
     engine = create_engine(url)
-    if engine.dialect.name == "sqlite":  # SQLite checks foreign keys only when asked
+    if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
-        def enforce_foreign_keys(connection: object, _record: object) -> None:
+        def configure(connection: object, _record: object) -> None:
             cursor = connection.cursor()  # type: ignore[attr-defined]
+            # SQLite checks foreign keys only when asked; with a write-ahead log, a
+            # request reading while it waits on a CC does not hold up the poller's writes.
             cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
             cursor.close()
 
     return engine

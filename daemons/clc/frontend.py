@@ -123,6 +123,9 @@ class Ec2Frontend:
                     "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
                 )
             endpoint = request.headers.get("host", "")
-            output = handler(Context(db, caller, self.cloud, endpoint), params)
+            context = Context(db, caller, self.cloud, endpoint)
+            output = handler(context, params)
         logger.info("%s by %s", action, caller.user)
+        for then in context.after_commit:
+            then()
         return wire.serialize_response(model, output, request_id)

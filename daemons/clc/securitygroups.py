@@ -136,6 +136,12 @@ def describe(
     return [(g, rules_of(db, g.group_id)) for g in groups]
 
 
+def by_ids(db: Session, group_ids: set[str]) -> list[SecurityGroup]:
+    """The groups of these ids that exist (instances name theirs by id)."""
+    query = select(SecurityGroup).where(SecurityGroup.group_id.in_(group_ids))
+    return list(db.scalars(query))
+
+
 def rules_of(db: Session, group_id: str) -> list[SecurityGroupRule]:
     query = select(SecurityGroupRule).where(SecurityGroupRule.group_id == group_id)
     return list(db.scalars(query.order_by(SecurityGroupRule.rule_id)))

@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mallee.clc import filters
-from mallee.clc.db import KeyPair, SecurityGroup, Tag, flush_or
+from mallee.clc.db import Image, Instance, KeyPair, SecurityGroup, Tag, flush_or
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
 
@@ -38,6 +38,11 @@ KINDS = {
     "sg-": _Kind(
         "security-group", SecurityGroup.group_id, SecurityGroup.owner, "InvalidGroup.NotFound"
     ),
+    "i-": _Kind("instance", Instance.instance_id, Instance.owner, "InvalidInstanceID.NotFound"),
+    **{
+        f"{prefix}-": _Kind("image", Image.image_id, Image.owner, "InvalidAMIID.NotFound")
+        for prefix in ("emi", "eki", "eri")
+    },
 }
 
 

@@ -1,7 +1,7 @@
 """Timings a daemon keeps about itself, served as Prometheus text at ``/metrics``.
 
-Only what operators and the benchmarks read: per name, how many, their sum, the last
-and the largest, in seconds.
+Only what operators and the benchmarks read: timings (per name, how many, their sum,
+the last and the largest, in seconds) and counts of events by kind.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class Metrics:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._timers: dict[str, _Timer] = {}
+        self._counts: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
 
     def observe(self, name: str, seconds: float) -> None:
         with self._lock:
@@ -32,9 +33,25 @@ class Metrics:
             timer.last = seconds
             timer.largest = max(timer.largest, seconds)
 
+    def count(self, name: str, **labels: str) -> None:
+        """One more event ``name`` of these labels (``kind="lost"``, say)."""
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counted(self, name: str, **labels: str) -> int:
+        with self._lock:
+            return self._counts.get((name, tuple(sorted(labels.items()))), 0)
+
     def render(self) -> str:
         lines = []
         with self._lock:
+            for (name, labels), count in sorted(self._counts.items()):
+                metric = f"{self.prefix}_{name}_total"
+                if f"# TYPE {metric} counter" not in lines:  # once per metric, sorted first
+                    lines.append(f"# TYPE {metric} counter")
+                text = ",".join(f'{k}="{v}"' for k, v in labels)
+                lines.append(f"{metric}{{{text}}} {count}")
             for name, t in sorted(self._timers.items()):
                 metric = f"{self.prefix}_{name}_seconds"
                 for suffix, kind, value in (

@@ -25,7 +25,10 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     app = flask.Flask(__name__)
     if problem := hostcheck.kvm_problem(nc_config.libvirt_uri):
         app.logger.warning(problem)
-    nc = NodeController(nc_config)
+    image_tls = (
+        rpc.ClientTLS(common.ca_cert, nc_config.tls_cert, nc_config.tls_key) if common.tls else None
+    )
+    nc = NodeController(nc_config, image_tls)
     app.extensions["mallee.nc"] = nc
     rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls)
     rpc.register_blueprint(app, api.bp, roles=nc_config.allowed_clients)

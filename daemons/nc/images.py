@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 import urllib3
@@ -31,6 +32,7 @@ from mallee.common.errors import (
     LaunchFailed,
     MalleeError,
 )
+from mallee.common.rpc import ClientTLS
 from mallee.nc import disks
 from mallee.nc.model import ImageRef
 
@@ -92,12 +94,16 @@ class ImageCache:
         budget_bytes: int,
         in_use: Callable[[], set[str]],
         timeout_s: float = 600,
+        tls_files: ClientTLS | None = None,
     ) -> None:
-        """``in_use`` names the digests live instances depend on; they are never evicted."""
+        """``in_use`` names the digests live instances depend on; they are never evicted.
+        With ``tls_files``, an https URL (the CLC's image store) must show a certificate
+        of the cloud's CA, and is shown the NC's own."""
         self.directory = directory
         self.budget_bytes = budget_bytes
         self._in_use = in_use
         self._timeout_s = timeout_s
+        self._tls = tls_files
         self._lock = threading.Lock()
         self._downloads: dict[str, _Download] = {}
         directory.mkdir(parents=True, exist_ok=True)
@@ -199,7 +205,10 @@ class ImageCache:
             )
 
         try:
-            with requests.get(image.url, stream=True, timeout=(10, 60)) as response:
+            tls: dict[str, Any] = {}
+            if self._tls is not None and image.url.startswith("https://"):
+                tls = {"verify": self._tls.ca_cert, "cert": (self._tls.cert, self._tls.key)}
+            with requests.get(image.url, stream=True, timeout=(10, 60), **tls) as response:
                 if response.status_code != 200:
                     raise ImageFetchFailed(
                         f"image {image.id}: GET {image.url} answered "

@@ -32,6 +32,7 @@ from mallee.common.errors import (
     NetworkInUse,
     NetworkNotStarted,
 )
+from mallee.common.rpc import ClientTLS
 from mallee.nc import disks, resources
 from mallee.nc.config import NcConfig
 from mallee.nc.domain import DomainSpec, NicSpec, render_domain_xml
@@ -71,7 +72,8 @@ class _Launch:
 
 
 class NodeController:
-    def __init__(self, config: NcConfig) -> None:
+    def __init__(self, config: NcConfig, image_tls: ClientTLS | None = None) -> None:
+        """``image_tls``: the NC's certificate, shown to the CLC's image store."""
         self.config = config
         self.virt_type = choose_virt_type(config.hypervisor, config.libvirt_uri)
         self.hypervisor = Hypervisor(config.libvirt_uri, config.node_name)
@@ -81,6 +83,7 @@ class NodeController:
             config.image_cache_mb * disks.MiB,
             self._images_in_use,
             config.image_fetch_timeout_s,
+            image_tls,
         )
         self.networks = Networks(config.private_bridge_prefix)
         self._lock = threading.Lock()

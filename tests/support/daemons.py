@@ -364,8 +364,16 @@ class ClcDaemon(Daemon):
 
     def __init__(self, workdir: Path, pki: Pki, **settings: Any) -> None:
         server = tls.issue(pki.ca.parent, workdir, "clc-test", "clc", ["localhost", "127.0.0.1"])
-        clc = {"database_url": f"sqlite:///{workdir / 'clc.db'}", **settings}
+        clc = {
+            "database_url": f"sqlite:///{workdir / 'clc.db'}",
+            "image_dir": str(workdir / "images"),
+            "poll_interval_s": 0.5,
+            **settings,
+        }
         super().__init__(workdir, pki, server, pki.clc, clc)
+        if "image_url" not in settings:  # the NCs fetch images from this CLC
+            with self.config.open("a") as config:
+                config.write(f"image_url = {_toml(self.url)}\n")
         self.ca = pki.ca
 
     def admin(self, *args: str) -> str:

@@ -1,0 +1,266 @@
+"""Instances as users see them: RunInstances resolved into records (image, kernel,
+ramdisk, key, groups, type, zones by the SLA chain), listed, and ended.
+
+Records are written here, in the request's transaction; VmControl sends them to their
+clusters once it commits, and moves their states by what the clusters report.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mallee.clc import images, securitygroups, sla
+from mallee.clc.config import ClcConfig
+from mallee.clc.db import Instance, KeyPair, Reservation, flush_or
+from mallee.clc.users import Caller
+from mallee.clc.wire import Ec2Error
+from mallee.common.capacity import VmType
+
+MAX_USER_DATA = 16384  # bytes, decoded (EC2's limit)
+MAX_COUNT = 1000  # instances per request: what a CC takes at once
+STATE_CODES = {
+    "pending": 0,
+    "running": 16,
+    "shutting-down": 32,
+    "terminated": 48,
+    "stopping": 64,
+    "stopped": 80,
+}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A RunInstances as the SLA chain left it, resolved and ready to record."""
+
+    reservation: Reservation
+    instances: list[Instance]
+    repeated: bool  # an earlier request's answer, found by its client token
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(9)[:17]}"
+
+
+def _digest(params: dict[str, Any]) -> str:
+    """What makes two requests with one client token the same request."""
+    same = {k: v for k, v in params.items() if k not in ("ClientToken", "DryRun")}
+    return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _user_data(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Ec2Error("InvalidUserData.Malformed", "User data must be base64-encoded") from None
+    if len(decoded) > MAX_USER_DATA:
+        raise Ec2Error("InvalidParameterValue", f"User data is limited to {MAX_USER_DATA} bytes")
+    return text
+
+
+def _counts(params: dict[str, Any]) -> tuple[int, int]:
+    low, high = params["MinCount"], params["MaxCount"]
+    if low < 1 or high < low:
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"MinCount ({low}) must be at least 1 and at most MaxCount ({high})",
+        )
+    if high > MAX_COUNT:
+        raise Ec2Error("InvalidParameterValue", f"MaxCount is at most {MAX_COUNT}")
+    return low, high
+
+
+def _key(db: Session, caller: Caller, name: str | None) -> KeyPair | None:
+    if not name:
+        return None
+    key = db.scalars(
+        select(KeyPair).where(KeyPair.owner == caller.user, KeyPair.name == name)
+    ).first()
+    if key is None:
+        raise Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{name}' does not exist")
+    return key
+
+
+def _groups(db: Session, caller: Caller, params: dict[str, Any]) -> list[str]:
+    names, ids = params.get("SecurityGroups", []), params.get("SecurityGroupIds", [])
+    groups = [securitygroups.find(db, caller.user, None, n) for n in names]
+    groups += [securitygroups.find(db, caller.user, i, None) for i in ids]
+    if not groups:
+        groups = [securitygroups.default_group(db, caller.user)]
+    return list(dict.fromkeys(g.group_id for g in groups))
+
+
+def run(
+    db: Session,
+    caller: Caller,
+    params: dict[str, Any],
+    catalog: list[VmType],
+    config: ClcConfig,
+    chain: list[sla.Policy],
+    model: sla.Model,
+) -> Launch:
+    token = params.get("ClientToken") or None
+    digest = _digest(params)
+    if token is not None:
+        if len(token) > 64:
+            raise Ec2Error("InvalidParameterValue", "ClientToken is at most 64 characters")
+        earlier = db.scalars(
+            select(Reservation).where(
+                Reservation.owner == caller.user, Reservation.client_token == token
+            )
+        ).first()
+        if earlier is not None:
+            if earlier.request_digest != digest:
+                raise Ec2Error(
+                    "IdempotentParameterMismatch",
+                    f"The client token '{token}' was used with different parameters",
+                )
+            return Launch(earlier, of_reservation(db, earlier.reservation_id), True)
+    low, high = _counts(params)
+    types = {vm.name: vm for vm in catalog}
+    type_name = params.get("InstanceType") or "m1.small"
+    if type_name not in types:
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Invalid value '{type_name}' for InstanceType (this cloud has: {', '.join(types)})",
+        )
+    if not params.get("ImageId"):
+        raise Ec2Error("MissingParameter", "The request must contain the parameter ImageId")
+    image = images.launchable(db, caller, params["ImageId"], "machine")
+    kernel_id = params.get("KernelId") or image.kernel_id
+    ramdisk_id = params.get("RamdiskId") or (
+        image.ramdisk_id if kernel_id == image.kernel_id else None
+    )
+    if kernel_id:
+        images.launchable(db, caller, kernel_id, "kernel")
+    if ramdisk_id:
+        if not kernel_id:
+            raise Ec2Error("InvalidParameterValue", "A ramdisk needs a kernel")
+        images.launchable(db, caller, ramdisk_id, "ramdisk")
+    key = _key(db, caller, params.get("KeyName"))
+    group_ids = _groups(db, caller, params)
+    user_data = _user_data(params.get("UserData"))
+    for spec in params.get("TagSpecifications", []):
+        if spec.get("ResourceType") != "instance":
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"TagSpecification ResourceType {spec.get('ResourceType')!r}: "
+                "RunInstances tags instances",
+            )
+    asked = sla.LaunchRequest(
+        owner=caller.user,
+        vm_type=types[type_name],
+        min_count=low,
+        max_count=high,
+        zone=(params.get("Placement") or {}).get("AvailabilityZone", ""),
+    )
+    placed = sla.apply(chain, asked, model, config)
+    reservation = Reservation(
+        reservation_id=new_id("r"), owner=caller.user, client_token=token, request_digest=digest
+    )
+    db.add(reservation)
+    flush_or(  # the same token in a concurrent request: the client's retry finds it
+        db, Ec2Error("RequestLimitExceeded", f"The client token '{token}' is in use now", 503)
+    )
+    launched = datetime.now(UTC)
+    lease_ends = launched + timedelta(hours=placed.lease_hours) if placed.lease_hours else None
+    records = [
+        Instance(
+            instance_id=new_id("i"),
+            reservation_id=reservation.reservation_id,
+            owner=caller.user,
+            launch_index=index,
+            image_id=image.image_id,
+            kernel_id=kernel_id,
+            ramdisk_id=ramdisk_id,
+            instance_type=type_name,
+            zone=zone,
+            key_name=key.name if key else None,
+            public_key=key.public_key if key else None,
+            user_data=user_data,
+            group_ids=group_ids,
+            state="pending",
+            state_reason="",
+            dispatch="queued",
+            node="",
+            missing_polls=0,
+            private_ip="",
+            public_ip="",
+            launch_time=launched,
+            lease_ends_at=lease_ends,
+        )
+        for index, zone in enumerate(placed.zones)
+    ]
+    db.add_all(records)
+    db.flush()
+    return Launch(reservation, records, False)
+
+
+def of_reservation(db: Session, reservation_id: str) -> list[Instance]:
+    query = select(Instance).where(Instance.reservation_id == reservation_id)
+    return list(db.scalars(query.order_by(Instance.launch_index)))
+
+
+def visible(
+    db: Session, caller: Caller, instance_ids: list[str], terminated_visible_s: float
+) -> list[Instance]:
+    """The caller's instances (an admin's: everyone's), by launch; those named must all
+    be there. Terminated ones show for ``terminated_visible_s`` after they ended."""
+    query = select(Instance).order_by(Instance.launch_time, Instance.launch_index)
+    if not caller.admin:
+        query = query.where(Instance.owner == caller.user)
+    if instance_ids:
+        query = query.where(Instance.instance_id.in_(instance_ids))
+    else:
+        since = datetime.now(UTC) - timedelta(seconds=terminated_visible_s)
+        query = query.where((Instance.terminated_at.is_(None)) | (Instance.terminated_at >= since))
+    found = list(db.scalars(query))
+    if missing := sorted(set(instance_ids) - {i.instance_id for i in found}):
+        raise Ec2Error(
+            "InvalidInstanceID.NotFound", f"The instance ID '{', '.join(missing)}' does not exist"
+        )
+    return found
+
+
+def owned(db: Session, caller: Caller, instance_ids: list[str]) -> list[Instance]:
+    """The caller's instances named (an admin may act on anyone's), locked for change."""
+    query = select(Instance).where(Instance.instance_id.in_(instance_ids))
+    if not caller.admin:
+        query = query.where(Instance.owner == caller.user)
+    found = {i.instance_id: i for i in db.scalars(query.with_for_update())}
+    if missing := [i for i in instance_ids if i not in found]:
+        raise Ec2Error(
+            "InvalidInstanceID.NotFound", f"The instance ID '{', '.join(missing)}' does not exist"
+        )
+    return [found[i] for i in dict.fromkeys(instance_ids)]
+
+
+def terminate(db: Session, caller: Caller, instance_ids: list[str]) -> list[tuple[Instance, str]]:
+    """Mark the instances ``shutting-down`` (those not ended yet); each with its state
+    before. VmControl asks their clusters to end them."""
+    changed = []
+    for instance in owned(db, caller, instance_ids):
+        before = instance.state
+        if before in ("pending", "running"):
+            instance.state = "shutting-down"
+            instance.state_reason = "Client.UserInitiatedShutdown: User initiated shutdown"
+        changed.append((instance, before))
+    return changed
+
+
+def client_tokens(db: Session, reservation_ids: set[str]) -> dict[str, str | None]:
+    query = select(Reservation.reservation_id, Reservation.client_token).where(
+        Reservation.reservation_id.in_(reservation_ids)
+    )
+    return {reservation: token for reservation, token in db.execute(query)}
