@@ -349,14 +349,15 @@ def _state(name: str) -> dict[str, Any]:
 
 
 def _instance_info(
-    r: Instance, its_tags: dict[str, str], groups: dict[str, SecurityGroup]
+    r: Instance, its_tags: dict[str, str], groups: dict[str, SecurityGroup], region: str
 ) -> dict[str, Any]:
     reason_code, _, reason_message = r.state_reason.partition(": ")
+    private_ip = r.private_ip if r.state != "terminated" else ""
     return {
         "InstanceId": r.instance_id,
         "ImageId": r.image_id,
         "State": _state(r.state),
-        "PrivateDnsName": "",
+        "PrivateDnsName": instances.dns_name(private_ip, region) if private_ip else "",
         "PublicDnsName": "",
         "StateTransitionReason": r.state_reason,
         "StateReason": (
@@ -372,7 +373,7 @@ def _instance_info(
         "KernelId": r.kernel_id,
         "RamdiskId": r.ramdisk_id,
         "Monitoring": {"State": "disabled"},
-        "PrivateIpAddress": r.private_ip or None,
+        "PrivateIpAddress": private_ip or None,
         "PublicIpAddress": r.public_ip or None,
         "Architecture": "x86_64",
         "RootDeviceType": "instance-store",
@@ -401,7 +402,7 @@ def _reservations(
             r.reservation_id,
             {"ReservationId": r.reservation_id, "OwnerId": r.owner, "Groups": [], "Instances": []},
         )
-        info = _instance_info(r, tagged[r.instance_id], groups)
+        info = _instance_info(r, tagged[r.instance_id], groups, ctx.cloud.region)
         info["ClientToken"] = tokens.get(r.reservation_id)
         reservation["Instances"].append(info)
     return list(by_reservation.values())
@@ -448,7 +449,7 @@ INSTANCE_FILTERS: filters.Fields = {
     "launch-index": lambda r: [str(r.launch_index)],
     "group-id": lambda r: list(r.group_ids),
     "instance.group-id": lambda r: list(r.group_ids),
-    "private-ip-address": lambda r: [r.private_ip] if r.private_ip else [],
+    "private-ip-address": lambda r: [r.private_ip] if r.state != "terminated" else [],
     "ip-address": lambda r: [r.public_ip] if r.public_ip else [],
     "architecture": lambda r: ["x86_64"],
     "root-device-type": lambda r: ["instance-store"],

@@ -13,12 +13,12 @@ import flask
 from sqlalchemy.orm import Session, sessionmaker
 
 from mallee.cc.client import CcClient
-from mallee.clc import db, ec2api, imageapi, images, sla
+from mallee.clc import db, ec2api, imageapi, images, metadata, metadataapi, sla
 from mallee.clc.actions import Cloud
 from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
 from mallee.clc.vmcontrol import VmControl
-from mallee.common import config, log, rpc
+from mallee.common import config, log, rpc, server
 from mallee.common.metrics import Metrics
 from mallee.common.periodic import Periodic
 
@@ -72,4 +72,9 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     app.register_blueprint(ec2api.bp)  # open to all: callers sign their requests
     rpc.register_blueprint(app, imageapi.bp, roles=["nc"])
     Periodic("clc-poll", clc_config.poll_interval_s, cloud.vmcontrol.poll).start()
+    guests = flask.Flask("mallee.clc.metadata")  # another port, plain HTTP, guests only
+    guests.extensions["mallee.clc"] = app.extensions["mallee.clc"]
+    guests.extensions["mallee.metadata"] = metadata.Tokens()
+    guests.register_blueprint(metadataapi.bp)
+    server.serve_plain_http(guests, clc_config.listen, clc_config.metadata_port, "clc-metadata")
     return app

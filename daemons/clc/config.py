@@ -57,6 +57,12 @@ class ClcConfig(DaemonConfig):
         ]
     )
     instance_quota: int = 4
+    # The instances' private addresses, one per instance while it lives; its NIC's MAC
+    # is d0:0d: and the address's four bytes (Eucalyptus' way), so DHCP can tell it.
+    private_subnet: str = "172.31.0.0/16"
+    # The metadata service (plain HTTP, as guests ask it), where the clusters' redirect
+    # of 169.254.169.254:80 sends guests' requests with their source address kept.
+    metadata_port: int = 8779
     lease_hours: float = 6.0
 
     def catalog(self) -> list[VmType]:

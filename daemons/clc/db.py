@@ -201,6 +201,18 @@ class Instance(Base):
     terminated_at: Mapped[datetime | None] = mapped_column()
 
 
+class PrivateAddress(Base):
+    """A private address held by a live instance: the primary key makes two requests
+    that pick the same one conflict, and ending the instance frees it."""
+
+    __tablename__ = "private_addresses"
+
+    address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.instance_id", ondelete="CASCADE"), unique=True
+    )
+
+
 def flush_or(session: Session, conflict: Exception) -> None:
     """Write what the session holds now; a unique constraint it breaks (a name taken, a
     rule made by a concurrent request) raises ``conflict``. The request's transaction

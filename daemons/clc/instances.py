@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import secrets
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from mallee.clc import images, securitygroups, sla
 from mallee.clc.config import ClcConfig
-from mallee.clc.db import Instance, KeyPair, Reservation, flush_or
+from mallee.clc.db import Instance, KeyPair, PrivateAddress, Reservation, flush_or
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
 from mallee.common.capacity import VmType
@@ -67,6 +68,34 @@ def _user_data(text: str | None) -> str | None:
     if len(decoded) > MAX_USER_DATA:
         raise Ec2Error("InvalidParameterValue", f"User data is limited to {MAX_USER_DATA} bytes")
     return text
+
+
+def mac_of(address: str) -> str:
+    """The MAC of an instance's NIC: d0:0d: and its address's four bytes."""
+    return "d0:0d:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
+
+
+def dns_name(address: str, region: str) -> str:
+    return f"ip-{address.replace('.', '-')}.{region}.internal"
+
+
+def _allocate(db: Session, subnet: str, count: int) -> list[str]:
+    """The lowest ``count`` addresses of ``subnet`` no live instance holds (its first
+    host address is the network's gateway)."""
+    network = ipaddress.IPv4Network(subnet)
+    held = set(db.scalars(select(PrivateAddress.address)))
+    hosts = network.hosts()
+    next(hosts, None)  # the gateway's
+    free = []
+    for host in hosts:
+        if str(host) not in held:
+            free.append(str(host))
+            if len(free) == count:
+                return free
+    raise Ec2Error(
+        "InsufficientFreeAddressesInSubnet",
+        f"The private subnet {subnet} has {len(free)} free addresses; {count} asked",
+    )
 
 
 def _counts(params: dict[str, Any]) -> tuple[int, int]:
@@ -173,6 +202,7 @@ def run(
     flush_or(  # the same token in a concurrent request: the client's retry finds it
         db, Ec2Error("RequestLimitExceeded", f"The client token '{token}' is in use now", 503)
     )
+    addresses = _allocate(db, config.private_subnet, len(placed.zones))
     launched = datetime.now(UTC)
     lease_ends = launched + timedelta(hours=placed.lease_hours) if placed.lease_hours else None
     records = [
@@ -195,15 +225,19 @@ def run(
             dispatch="queued",
             node="",
             missing_polls=0,
-            private_ip="",
+            private_ip=address,
             public_ip="",
             launch_time=launched,
             lease_ends_at=lease_ends,
         )
-        for index, zone in enumerate(placed.zones)
+        for index, (zone, address) in enumerate(zip(placed.zones, addresses, strict=True))
     ]
     db.add_all(records)
     db.flush()
+    db.add_all(PrivateAddress(address=r.private_ip, instance_id=r.instance_id) for r in records)
+    flush_or(  # taken by a concurrent request: the client's retry gets others
+        db, Ec2Error("RequestLimitExceeded", "Private addresses were taken meanwhile", 503)
+    )
     return Launch(reservation, records, False)
 
 

@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mallee.cc.client import CcClient, ClusterInstance, TypeRoom
-from mallee.clc import images
+from mallee.clc import images, instances
 from mallee.clc.config import ClcConfig
-from mallee.clc.db import Cluster, Image, Instance
+from mallee.clc.db import Cluster, Image, Instance, PrivateAddress
 from mallee.clc.wire import Ec2Error
 from mallee.common.capacity import VmType
 from mallee.common.errors import MalleeError
@@ -212,7 +212,12 @@ class VmControl:
                         "instances": [],
                     },
                 )
-                request["instances"].append({"instance_id": instance.instance_id})
+                request["instances"].append(
+                    {
+                        "instance_id": instance.instance_id,
+                        "net": {"public_mac": instances.mac_of(instance.private_ip)},
+                    }
+                )
         return list(requests.items())
 
     def _image_refs(self, db: Session, instance: Instance) -> dict[str, Any] | None:
@@ -484,7 +489,10 @@ class VmControl:
             .where(Instance.instance_id == instance_id, Instance.state.in_(tuple(expected)))
             .values(**values)
         )
-        return bool(done.rowcount)  # type: ignore[attr-defined]
+        moved = bool(done.rowcount)  # type: ignore[attr-defined]
+        if moved and state == "terminated":  # its address is free for others
+            db.execute(delete(PrivateAddress).where(PrivateAddress.instance_id == instance_id))
+        return moved
 
     def _end(self, db: Session, instance_id: str, expected: Iterable[str], reason: str) -> bool:
         return self._move(db, instance_id, expected, "terminated", reason)

@@ -8,16 +8,22 @@ be a second, disagreeing daemon.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socketserver
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import flask
 from gunicorn.app.base import BaseApplication
 
 from mallee.common import config, log
 from mallee.common.config import CommonConfig, DaemonConfig
+
+logger = logging.getLogger(__name__)
 
 
 def gunicorn_options(common: CommonConfig, daemon: DaemonConfig) -> dict[str, Any]:
@@ -61,6 +67,24 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         return self._factory()
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s " + format, self.client_address[0], *args)
+
+
+def serve_plain_http(app: Any, host: str, port: int, name: str) -> WSGIServer:
+    """Serve ``app`` over plain HTTP from a thread of this process, for callers that
+    cannot speak TLS with the cloud's CA (guests asking the metadata service)."""
+    server = make_server(host, port, app, _ThreadingWSGIServer, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
 
 
 def main(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.support.cluster import register
-from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon
+from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, free_port
 from tests.support.guest import MARKER, GuestImage, wait_until
+from tests.support.network import instance_network
 
 WAIT = {"Delay": 1, "MaxAttempts": 180}
 
@@ -58,7 +60,7 @@ def cloud(
     guest: GuestImage,
 ) -> tuple[ClcDaemon, str, list[NcDaemon]]:
     """A CLC with one zone of two real NCs and the tiny guest registered."""
-    ncs = [nc_factory(), nc_factory()]
+    ncs = [nc_factory(public_bridge="user"), nc_factory(public_bridge="user")]
     cc = cc_factory(scheduler="round-robin")
     register(cc, *ncs)
     clc = clc_factory(instance_quota=0)
@@ -192,3 +194,51 @@ def test_a_client_token_runs_a_request_once(
     assert sum(len(nc.domains()) for nc in ncs) == 1
     ec2.terminate_instances(InstanceIds=[instance_id])
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
+
+
+def test_the_guest_reads_its_own_metadata_from_the_clc(
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    clc_factory: Callable[..., ClcDaemon],
+    guest: GuestImage,
+    tmp_path: Path,
+) -> None:
+    """The guest on a network whose router redirects 169.254.169.254 to the CLC's
+    metadata port, as a cluster's does: it gets its address by DHCP, then its key,
+    instance id and user-data from the CLC, which knows it by its source address."""
+    port = free_port()
+    with instance_network(tmp_path, port) as net:
+        nc = nc_factory(public_bridge=net.bridge)
+        cc = cc_factory()
+        register(cc, nc)
+        clc = clc_factory(listen="0.0.0.0", metadata_port=port, private_subnet=net.subnet)
+        clc.admin("cluster", "add", "zone-a", cc.url)
+        emi = add_guest(clc, guest)
+        ec2 = clc.ec2("erin")
+        public_key = (
+            ed25519.Ed25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        )
+        ec2.import_key_pair(KeyName="k", PublicKeyMaterial=public_key)
+        user_data = b"#!/bin/sh\necho from the user\n"
+        [instance] = ec2.run_instances(
+            ImageId=emi, MinCount=1, MaxCount=1, KeyName="k", UserData=user_data.decode()
+        )["Instances"]
+        instance_id, address = instance["InstanceId"], instance["PrivateIpAddress"]
+        ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
+        output = ""
+
+        def booted() -> bool:
+            nonlocal output
+            # botocore decodes EC2's base64 console output
+            output = ec2.get_console_output(InstanceId=instance_id).get("Output", "")
+            return MARKER in output
+
+        wait_until(booted, 240, f"{MARKER} on the console of {instance_id}")
+        assert f"mallee-guest: ip eth0 {address}" in output, output
+        assert "mallee-guest: metadata ssh key installed" in output, output
+        assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
+        assert f"mallee-guest: user-data {len(user_data)} bytes" in output, output
+        ec2.terminate_instances(InstanceIds=[instance_id])
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)

@@ -368,6 +368,7 @@ class ClcDaemon(Daemon):
             "database_url": f"sqlite:///{workdir / 'clc.db'}",
             "image_dir": str(workdir / "images"),
             "poll_interval_s": 0.5,
+            "metadata_port": free_port(),
             **settings,
         }
         super().__init__(workdir, pki, server, pki.clc, clc)

@@ -43,10 +43,9 @@ def write_metadata(root: Path, ssh_key: str, user_data: bytes, instance_id: str 
         (root / path).write_bytes(body)
 
 
-def _wait_listening(netns: str, processes: list[subprocess.Popen[bytes]]) -> None:
-    """Wait until the DHCP and metadata servers listen in ``netns``, so that a guest
-    booting next is answered."""
-    wanted = {f"udp:{DHCP_PORT}", f"tcp:{HTTP_PORT}"}
+def _wait_listening(netns: str, processes: list[subprocess.Popen[bytes]], wanted: set[str]) -> None:
+    """Wait until the servers listen in ``netns`` (``wanted``: "udp:67", say), so that
+    a guest booting next is answered."""
     deadline = time.monotonic() + 10
     while True:
         for process in processes:
@@ -112,7 +111,7 @@ def metadata_network(workdir: Path, ssh_key: str, user_data: bytes) -> Iterator[
                 stderr=subprocess.DEVNULL,
             )
         )
-        _wait_listening(netns, processes)
+        _wait_listening(netns, processes, {f"udp:{DHCP_PORT}", f"tcp:{HTTP_PORT}"})
         yield MetadataNetwork(bridge, ssh_key, user_data)
     finally:
         for process in processes:
@@ -120,5 +119,90 @@ def metadata_network(workdir: Path, ssh_key: str, user_data: bytes) -> Iterator[
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
         for argv in (("link", "del", bridge), ("link", "del", veth), ("netns", "del", netns)):
+            with contextlib.suppress(HostCommandFailed):  # what a failed setup never made
+                host.run("ip", *argv)
+
+
+@dataclass(frozen=True)
+class InstanceNetwork:
+    """A bridge for instances' NICs, whose DHCP gives each MAC d0:0d:A:B:C:D the
+    address A.B.C.D of ``subnet`` (the CLC's ``private_subnet``), and whose router
+    redirects 169.254.169.254:80 to the host's port ``metadata_port``, keeping the
+    guest's source address: what a cluster's network does for the CLC's metadata
+    service."""
+
+    bridge: str
+    subnet: str
+
+
+@contextmanager
+def instance_network(workdir: Path, metadata_port: int) -> Iterator[InstanceNetwork]:
+    """Inside a network namespace: the instances' router (udhcpd and an nftables DNAT);
+    on the host: the bridge, a /30 link to the router and a route to the subnet over
+    it, all removed after."""
+    tag = secrets.randbelow(200) + 20
+    subnet, gateway = f"10.77.{tag}.0/24", f"10.77.{tag}.1"
+    host_ip, router_ip = f"100.100.{tag}.1", f"100.100.{tag}.2"
+    netns, bridge = f"mallee-in-{tag}", f"mlinbr{tag}"
+    port, inside = f"mlin{tag}a", f"mlin{tag}b"  # the bridge's port, the router's NIC
+    uplink, uplink_inside = f"mlup{tag}a", f"mlup{tag}b"
+    leases = "".join(
+        f"static_lease d0:0d:0a:4d:{tag:02x}:{h:02x} 10.77.{tag}.{h}\n" for h in range(2, 255)
+    )
+    (workdir / "udhcpd.leases").touch()
+    (workdir / "udhcpd.conf").write_text(
+        f"start 10.77.{tag}.2\nend 10.77.{tag}.254\ninterface {inside}\n"
+        f"option subnet 255.255.255.0\noption router {gateway}\noption lease 600\n"
+        f"lease_file {workdir}/udhcpd.leases\npidfile {workdir}/udhcpd.pid\n{leases}"
+    )
+    nat = (
+        "table ip mallee_test_metadata {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat;\n"
+        f"    ip daddr {METADATA_IP} tcp dport 80 dnat to {host_ip}:{metadata_port}\n"
+        "  }\n"
+        "}\n"
+    )
+    (workdir / "nat.nft").write_text(nat)
+    processes: list[subprocess.Popen[bytes]] = []
+    in_netns = ["ip", "netns", "exec", netns]
+    try:
+        host.run("ip", "netns", "add", netns)
+        host.run("ip", "link", "add", bridge, "type", "bridge")
+        host.run("ip", "link", "set", bridge, "up")
+        host.run("ip", "link", "add", port, "type", "veth", "peer", "name", inside)
+        host.run("ip", "link", "set", port, "master", bridge, "up")
+        host.run("ip", "link", "set", inside, "netns", netns)
+        host.run("ip", "link", "add", uplink, "type", "veth", "peer", "name", uplink_inside)
+        host.run("ip", "link", "set", uplink_inside, "netns", netns)
+        host.run("ip", "addr", "add", f"{host_ip}/30", "dev", uplink)
+        host.run("ip", "link", "set", uplink, "up")
+        host.run("ip", "route", "add", subnet, "via", router_ip, "dev", uplink)
+        host.run("ip", "-n", netns, "addr", "add", f"{gateway}/24", "dev", inside)
+        host.run("ip", "-n", netns, "addr", "add", f"{router_ip}/30", "dev", uplink_inside)
+        for nic in ("lo", inside, uplink_inside):
+            host.run("ip", "-n", netns, "link", "set", nic, "up")
+        host.run(*in_netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        host.run(*in_netns, "nft", "-f", str(workdir / "nat.nft"))
+        processes.append(
+            subprocess.Popen(
+                [*in_netns, "busybox", "udhcpd", "-f", str(workdir / "udhcpd.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        _wait_listening(netns, processes, {f"udp:{DHCP_PORT}"})
+        yield InstanceNetwork(bridge, subnet)
+    finally:
+        for process in processes:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+        for argv in (
+            ("link", "del", bridge),
+            ("link", "del", port),
+            ("link", "del", uplink),
+            ("netns", "del", netns),
+        ):
             with contextlib.suppress(HostCommandFailed):  # what a failed setup never made
                 host.run("ip", *argv)
