@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from mallee.cc.client import CcClient
 from mallee.clc import (
+    addresses,
     clusters,
     filters,
     images,
@@ -30,7 +31,7 @@ from mallee.clc import (
     tags,
 )
 from mallee.clc.config import ClcConfig
-from mallee.clc.db import Image, Instance, KeyPair, SecurityGroup
+from mallee.clc.db import ElasticAddress, Image, Instance, KeyPair, SecurityGroup
 from mallee.clc.users import Caller
 from mallee.clc.vmcontrol import VmControl
 from mallee.clc.wire import Ec2Error
@@ -660,6 +661,24 @@ def deregister_image(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def modify_image_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Launch permission for everyone (``Group: all``) given or taken, or a new
+    description: by the image's owner or an admin."""
+    _not_yet(params, "UserIds", "UserGroups", "ProductCodes", "OrganizationArns")
+    image = images.find(ctx.db, ctx.caller, params["ImageId"])
+    if image.owner != ctx.caller.user and not ctx.caller.admin:
+        raise Ec2Error("AuthFailure", f"The image '{image.image_id}' is not yours", 403)
+    permission = params.get("LaunchPermission", {})
+    for change, public in (("Add", True), ("Remove", False)):
+        for grant in permission.get(change, []):
+            if grant.get("Group") != "all" or set(grant) - {"Group"}:
+                raise Ec2Error("InvalidParameterValue", "Launch permissions go to Group 'all' only")
+            image.public = public
+    if "Description" in params:
+        image.description = str(params["Description"].get("Value", ""))[:255]
+    return {}
+
+
 def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     image = images.find(ctx.db, ctx.caller, params["ImageId"])
     attribute = params["Attribute"]
@@ -679,6 +698,77 @@ def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, 
             f"Attribute {attribute}: mallee answers {', '.join(values)}",
         )
     return {"ImageId": image.image_id, **values[attribute]()}
+
+
+# -- elastic addresses ------------------------------------------------------------------
+
+
+def _address_info(a: ElasticAddress, private_ips: dict[str, str]) -> dict[str, Any]:
+    return {
+        "PublicIp": a.public_ip,
+        "AllocationId": a.allocation_id,
+        "Domain": "standard",
+        "InstanceId": a.instance_id,
+        "AssociationId": a.association_id,
+        "PrivateIpAddress": private_ips.get(a.instance_id or ""),
+    }
+
+
+def allocate_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "Address", "PublicIpv4Pool", "CustomerOwnedIpv4Pool", "NetworkBorderGroup")
+    if params.get("Domain", "standard") != "standard":
+        raise Ec2Error("InvalidParameterValue", "Domain: this cloud has no VPCs (standard only)")
+    made = addresses.allocate(ctx.db, ctx.caller, ctx.cloud.config.public_addresses)
+    return {"PublicIp": made.public_ip, "AllocationId": made.allocation_id, "Domain": "standard"}
+
+
+def associate_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    _not_yet(params, "NetworkInterfaceId", "PrivateIpAddress")
+    if not params.get("InstanceId"):
+        raise Ec2Error("MissingParameter", "The request must contain the parameter InstanceId")
+    address = addresses.find(ctx.db, ctx.caller, params.get("PublicIp"), params.get("AllocationId"))
+    [instance] = instances.owned(ctx.db, ctx.caller, [params["InstanceId"]])
+    return {"AssociationId": addresses.associate(ctx.db, address, instance)}
+
+
+def disassociate_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("AssociationId"):
+        address = addresses.by_association(ctx.db, ctx.caller, params["AssociationId"])
+    else:
+        address = addresses.find(ctx.db, ctx.caller, params.get("PublicIp"), None)
+    addresses.disassociate(ctx.db, address)
+    return {}
+
+
+def release_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    address = addresses.find(ctx.db, ctx.caller, params.get("PublicIp"), params.get("AllocationId"))
+    addresses.disassociate(ctx.db, address)
+    ctx.db.delete(address)
+    tags.forget(ctx.db, address.allocation_id)
+    return {}
+
+
+ADDRESS_FILTERS: filters.Fields = {
+    "public-ip": lambda a: [a.public_ip],
+    "allocation-id": lambda a: [a.allocation_id],
+    "instance-id": lambda a: [a.instance_id] if a.instance_id else [],
+    "association-id": lambda a: [a.association_id] if a.association_id else [],
+    "domain": lambda a: ["standard"],
+}
+
+
+def describe_addresses(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    found = addresses.describe(
+        ctx.db, ctx.caller, params.get("PublicIps", []), params.get("AllocationIds", [])
+    )
+    found = filters.apply(found, params.get("Filters", []), ADDRESS_FILTERS)
+    held = {a.instance_id for a in found if a.instance_id}
+    private_ips = {
+        r.instance_id: r.private_ip
+        for r in instances.visible(ctx.db, ctx.caller, [], 0)
+        if r.instance_id in held
+    }
+    return {"Addresses": [_address_info(a, private_ips) for a in found]}
 
 
 ACTIONS: dict[str, Handler] = {
@@ -711,4 +801,10 @@ ACTIONS: dict[str, Handler] = {
     "RegisterImage": register_image,
     "DeregisterImage": deregister_image,
     "DescribeImageAttribute": describe_image_attribute,
+    "ModifyImageAttribute": modify_image_attribute,
+    "AllocateAddress": allocate_address,
+    "AssociateAddress": associate_address,
+    "DisassociateAddress": disassociate_address,
+    "ReleaseAddress": release_address,
+    "DescribeAddresses": describe_addresses,
 }

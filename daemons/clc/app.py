@@ -13,7 +13,7 @@ import flask
 from sqlalchemy.orm import Session, sessionmaker
 
 from mallee.cc.client import CcClient
-from mallee.clc import db, ec2api, imageapi, images, metadata, metadataapi, sla
+from mallee.clc import addresses, db, ec2api, imageapi, images, metadata, metadataapi, sla
 from mallee.clc.actions import Cloud
 from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
@@ -32,6 +32,7 @@ def build_cloud(
 ) -> Cloud:
     """What the EC2 actions work with; VmControl's poll is not started here."""
     catalog = clc_config.catalog()
+    addresses.check_pool(clc_config.public_addresses)
     vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url.rstrip("/"), metrics)
     return Cloud(
         clc_config,

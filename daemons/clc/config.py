@@ -60,6 +60,9 @@ class ClcConfig(DaemonConfig):
     # The instances' private addresses, one per instance while it lives; its NIC's MAC
     # is d0:0d: and the address's four bytes (Eucalyptus' way), so DHCP can tell it.
     private_subnet: str = "172.31.0.0/16"
+    # The site's public addresses users may allocate (AllocateAddress), as CIDRs or
+    # FIRST-LAST ranges; none by default.
+    public_addresses: list[str] = field(default_factory=list)
     # The metadata service (plain HTTP, as guests ask it), where the clusters' redirect
     # of 169.254.169.254:80 sends guests' requests with their source address kept.
     metadata_port: int = 8779

@@ -213,6 +213,21 @@ class PrivateAddress(Base):
     )
 
 
+class ElasticAddress(Base):
+    """A public address a user allocated from the cloud's pool, and the instance it is
+    associated with, if any."""
+
+    __tablename__ = "elastic_addresses"
+
+    public_ip: Mapped[str] = mapped_column(String(45), primary_key=True)
+    allocation_id: Mapped[str] = mapped_column(String(32), unique=True)
+    owner: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"))
+    instance_id: Mapped[str | None] = mapped_column(
+        ForeignKey("instances.instance_id", ondelete="SET NULL"), unique=True
+    )
+    association_id: Mapped[str | None] = mapped_column(String(32))
+
+
 def flush_or(session: Session, conflict: Exception) -> None:
     """Write what the session holds now; a unique constraint it breaks (a name taken, a
     rule made by a concurrent request) raises ``conflict``. The request's transaction

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mallee.cc.client import CcClient, ClusterInstance, TypeRoom
 from mallee.clc import images, instances
 from mallee.clc.config import ClcConfig
-from mallee.clc.db import Cluster, Image, Instance, PrivateAddress
+from mallee.clc.db import Cluster, ElasticAddress, Image, Instance, PrivateAddress
 from mallee.clc.wire import Ec2Error
 from mallee.common.capacity import VmType
 from mallee.common.errors import MalleeError
@@ -484,14 +484,20 @@ class VmControl:
             values["state_reason"] = reason
         if state == "terminated":
             values["terminated_at"] = now()
+            values["public_ip"] = ""
         done = db.execute(
             update(Instance)
             .where(Instance.instance_id == instance_id, Instance.state.in_(tuple(expected)))
             .values(**values)
         )
         moved = bool(done.rowcount)  # type: ignore[attr-defined]
-        if moved and state == "terminated":  # its address is free for others
+        if moved and state == "terminated":  # its addresses: free, and its owner's again
             db.execute(delete(PrivateAddress).where(PrivateAddress.instance_id == instance_id))
+            db.execute(
+                update(ElasticAddress)
+                .where(ElasticAddress.instance_id == instance_id)
+                .values(instance_id=None, association_id=None)
+            )
         return moved
 
     def _end(self, db: Session, instance_id: str, expected: Iterable[str], reason: str) -> bool:

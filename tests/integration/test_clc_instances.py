@@ -63,7 +63,7 @@ def cloud(
     ncs = [nc_factory(public_bridge="user"), nc_factory(public_bridge="user")]
     cc = cc_factory(scheduler="round-robin")
     register(cc, *ncs)
-    clc = clc_factory(instance_quota=0)
+    clc = clc_factory(instance_quota=0, public_addresses=["192.0.2.32/29"])
     clc.admin("cluster", "add", "zone-a", cc.url)
     return clc, add_guest(clc, guest), ncs
 
@@ -139,6 +139,21 @@ def test_instances_run_boot_and_end(cloud: tuple[ClcDaemon, str, list[NcDaemon]]
         400,
     )
     assert bob.describe_instances()["Reservations"] == []
+
+    allocated = ec2.allocate_address(Domain="standard")
+    assert allocated["PublicIp"] == "192.0.2.33"  # the pool's first host address
+    ec2.associate_address(PublicIp=allocated["PublicIp"], InstanceId=ids[0])
+    [described] = ec2.describe_instances(InstanceIds=ids[:1])["Reservations"][0]["Instances"]
+    assert described["PublicIpAddress"] == allocated["PublicIp"]
+    assert error_of(
+        lambda: bob.associate_address(PublicIp=allocated["PublicIp"], InstanceId=ids[1])
+    ) == ("InvalidAddress.NotFound", 400)
+    assert bob.describe_addresses()["Addresses"] == []
+    ec2.disassociate_address(PublicIp=allocated["PublicIp"])
+    [address] = ec2.describe_addresses()["Addresses"]
+    assert "InstanceId" not in address
+    ec2.release_address(AllocationId=allocated["AllocationId"])
+    assert ec2.describe_addresses()["Addresses"] == []
 
     ended = ec2.terminate_instances(InstanceIds=ids)["TerminatingInstances"]
     assert [(e["PreviousState"]["Name"], e["CurrentState"]["Name"]) for e in ended] == [

@@ -4,12 +4,7 @@ text: no answer is a 5xx, and every answer is EC2's XML that botocore reads."""
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from botocore.model import Shape
 from botocore.parsers import create_parser
 from hypothesis import HealthCheck, given, settings
@@ -20,11 +15,10 @@ from mallee.clc import db, users, wire
 from mallee.clc.actions import ACTIONS
 from mallee.clc.app import build_cloud
 from mallee.clc.config import ClcConfig
-from mallee.clc.frontend import Ec2Frontend, RawRequest
+from mallee.clc.frontend import Ec2Frontend
 from mallee.common.errors import MalleeError
 from mallee.common.metrics import Metrics
-
-HOST = "cloud.example.org:8773"
+from tests.support.ec2 import signed
 
 
 def wire_keys(shape: Shape, prefix: str = "", depth: int = 0) -> list[str]:
@@ -82,20 +76,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> tuple[Ec2Frontend, users.
     )
     cloud = build_cloud(config, sessions, unreachable_cc, "https://clc", Metrics("test"))
     return Ec2Frontend(sessions, cloud), credentials
-
-
-def signed(params: dict[str, str], credentials: users.Credentials) -> RawRequest:
-    body = urlencode(params).encode()
-    request = AWSRequest(
-        method="POST",
-        url=f"http://{HOST}/",
-        data=body,
-        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
-    )
-    keys = Credentials(credentials.access_key_id, credentials.secret_access_key)
-    SigV4Auth(keys, "ec2", "mallee").add_auth(request)
-    headers = {k.lower(): str(v) for k, v in request.headers.items()} | {"host": HOST}
-    return RawRequest("POST", "/", b"", headers, body)
 
 
 @settings(

@@ -1,0 +1,169 @@
+"""Every action of the table, called as a user would, in one workflow through the EC2
+front end (a SQLite database, a cluster played by a stand-in CC): each answers 200 and
+botocore reads its answer; the walk must cover the whole table."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mallee.cc.client import CcClient, ClusterInstance, InstanceResult, TypeRoom
+from mallee.clc import clusters, db, images, securitygroups, users
+from mallee.clc.actions import ACTIONS
+from mallee.clc.app import build_cloud
+from mallee.clc.config import ClcConfig
+from mallee.clc.frontend import Ec2Frontend
+from mallee.common.capacity import VmType
+from mallee.common.metrics import Metrics
+from mallee.common.rpc import RpcClient
+from tests.support.ec2 import call
+from tests.support.guest import wait_until
+
+
+class StandInCc(CcClient):
+    """A cluster of room for ten of each type whose instances run at once."""
+
+    def __init__(self) -> None:
+        super().__init__(RpcClient("https://cc.invalid"))
+        self.states: dict[str, str] = {}
+
+    def describe_resources(self, vm_types: list[VmType]) -> list[TypeRoom]:
+        return [TypeRoom(vm, 10, 10) for vm in vm_types]
+
+    def run_instances(self, request: dict[str, Any]) -> list[ClusterInstance]:
+        for item in request["instances"]:
+            self.states[item["instance_id"]] = "running"
+        return self.describe_instances()
+
+    def describe_instances(self) -> list[ClusterInstance]:
+        return [ClusterInstance(i, s, "node-1", True, "") for i, s in self.states.items()]
+
+    def terminate_instances(self, instance_ids: list[str]) -> list[InstanceResult]:
+        self.states.update(dict.fromkeys(instance_ids, "terminated"))
+        return [InstanceResult(i) for i in instance_ids]
+
+    def reboot_instances(self, instance_ids: list[str]) -> list[InstanceResult]:
+        return [InstanceResult(i) for i in instance_ids]
+
+    def console_output(self, instance_id: str) -> str:
+        return "MALLEE-BOOT-OK\n"
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> tuple[Ec2Frontend, users.Credentials, users.Credentials, str]:
+    url = f"sqlite:///{tmp_path / 'clc.db'}"
+    db.migrate(url)
+    sessions = db.sessions(db.engine_for(url))
+    config = ClcConfig(
+        image_dir=str(tmp_path / "images"), instance_quota=0, public_addresses=["192.0.2.8/30"]
+    )
+    cc = StandInCc()
+    cloud = build_cloud(config, sessions, lambda _url: cc, "https://clc", Metrics("test"))
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 4096)
+    with sessions.begin() as session:
+        user = users.create_user(session, "alice")
+        admin = users.create_user(session, "root", admin=True)
+        for name in ("alice", "root"):
+            securitygroups.default_group(session, name)
+        clusters.add(session, "zone-a", "https://cc.invalid")
+    location = cloud.store.add(disk).digest
+    cloud.vmcontrol.poll()
+    return Ec2Frontend(sessions, cloud), user, admin, location
+
+
+def test_every_action_answers_what_botocore_reads(
+    cloud: tuple[Ec2Frontend, users.Credentials, users.Credentials, str],
+) -> None:
+    frontend, alice, root, location = cloud
+    called: set[str] = set()
+
+    def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
+        status, answer = call(frontend, caller, action, **params)
+        assert status == 200, answer
+        called.add(action)
+        return answer
+
+    emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
+    assert ok("DescribeImages", ImageIds=[])["Images"] == []  # private: the admin's own
+    ok("ModifyImageAttribute", root, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert [i["ImageId"] for i in ok("DescribeImages", ImageIds=[emi])["Images"]] == [emi]
+    assert ok("DescribeImageAttribute", ImageId=emi, Attribute="description")["ImageId"] == emi
+    ok("CreateKeyPair", KeyName="made")
+    ok(
+        "ImportKeyPair",
+        KeyName="mine",
+        PublicKeyMaterial=b"ssh-ed25519 "
+        + base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes(range(32))),
+    )
+    assert len(ok("DescribeKeyPairs")["KeyPairs"]) == 2
+    group = ok("CreateSecurityGroup", GroupName="web", Description="web")["GroupId"]
+    rule = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": "10.0.0.0/8"}
+    for change in ("Authorize", "Revoke"):
+        for direction in ("Ingress", "Egress"):
+            ok(f"{change}SecurityGroup{direction}", GroupId=group, **rule)
+    assert len(ok("DescribeSecurityGroups")["SecurityGroups"]) == 2
+    ok("DescribeRegions")
+    assert ok("DescribeAvailabilityZones")["AvailabilityZones"][0]["ZoneName"] == "zone-a"
+    ok("DescribeInstanceTypes")
+    ok("DescribeAccountAttributes")
+
+    ran = ok(
+        "RunInstances",
+        ImageId=emi,
+        MinCount=2,
+        MaxCount=2,
+        KeyName="mine",
+        SecurityGroups=["web"],
+        UserData=base64.b64encode(b"hello").decode(),  # as boto3 sends it
+    )
+    ids = [i["InstanceId"] for i in ran["Instances"]]
+
+    def running() -> bool:  # sent after the request, in the background
+        answer = ok("DescribeInstances", InstanceIds=ids)
+        return all(i["State"]["Name"] == "running" for i in answer["Reservations"][0]["Instances"])
+
+    wait_until(running, 10, "the instances to run")
+    frontend.cloud.vmcontrol.poll()  # the stand-in reports them on nodes that answer
+    ok("CreateTags", Resources=ids, Tags=[{"Key": "role", "Value": "web"}])
+    assert len(ok("DescribeTags")["Tags"]) == 2
+    ok("DeleteTags", Resources=ids[1:], Tags=[{"Key": "role"}])
+    listed = ok("DescribeInstances", Filters=[{"Name": "tag:role", "Values": ["web"]}])
+    assert [i["InstanceId"] for r in listed["Reservations"] for i in r["Instances"]] == ids[:1]
+    assert [i["State"]["Name"] for i in listed["Reservations"][0]["Instances"]] == ["running"]
+    statuses = ok("DescribeInstanceStatus", InstanceIds=ids)["InstanceStatuses"]
+    assert [s["InstanceStatus"]["Status"] for s in statuses] == ["ok", "ok"]
+    attribute = ok("DescribeInstanceAttribute", InstanceId=ids[0], Attribute="userData")
+    assert base64.b64decode(attribute["UserData"]["Value"]) == b"hello"
+    public_ip = ok("AllocateAddress")["PublicIp"]
+    assert public_ip == "192.0.2.9"  # the pool's first host address
+    ok("AssociateAddress", PublicIp=public_ip, InstanceId=ids[0])
+    [address] = ok("DescribeAddresses")["Addresses"]
+    assert (address["InstanceId"], address["PrivateIpAddress"]) == (ids[0], "172.31.0.2")
+    ok("DisassociateAddress", PublicIp=public_ip)
+    ok("ReleaseAddress", PublicIp=public_ip)
+    ok("RebootInstances", InstanceIds=ids)
+    console = ok("GetConsoleOutput", InstanceId=ids[0])["Output"]
+    assert base64.b64decode(console) == b"MALLEE-BOOT-OK\n"  # EC2's base64
+    ended = ok("TerminateInstances", InstanceIds=ids)["TerminatingInstances"]
+    assert [e["CurrentState"]["Name"] for e in ended] == ["shutting-down"] * 2
+
+    ok("DeleteKeyPair", KeyName="made")
+    ok("DeregisterImage", ImageId=emi, caller=root)
+    frontend.cloud.vmcontrol.poll()
+    ok("DeleteSecurityGroup", GroupName="web")
+    assert called == set(ACTIONS), f"not called: {sorted(set(ACTIONS) - called)}"
+
+
+def test_an_image_file_stays_while_an_image_names_it(tmp_path: Path) -> None:
+    store = images.ImageStore(tmp_path / "store")
+    source = tmp_path / "disk.qcow2"
+    source.write_bytes(b"QFI\xfb" + bytes(100))
+    stored = store.add(source)
+    assert stored.disk_format == "qcow2" and stored.size == 104
+    assert store.add(source) == stored  # kept once
+    assert store.path_of(stored.digest) is not None
+    assert store.path_of("sha256:../../etc/passwd") is None
