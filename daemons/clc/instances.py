@@ -158,7 +158,7 @@ def run(
             return Launch(earlier, of_reservation(db, earlier.reservation_id), True)
     low, high = _counts(params)
     types = {vm.name: vm for vm in catalog}
-    type_name = params.get("InstanceType") or "m1.small"
+    type_name = params.get("InstanceType") or catalog[0].name  # m1.small unless a site says
     if type_name not in types:
         raise Ec2Error(
             "InvalidParameterValue",

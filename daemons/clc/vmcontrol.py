@@ -32,6 +32,7 @@ import contextvars
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +55,6 @@ from mallee.common.rpc import Unreachable
 logger = logging.getLogger(__name__)
 
 LIVE = ("pending", "running", "shutting-down")
-USER_ENDED = "Client.UserInitiatedShutdown: User initiated shutdown"
 
 
 def now() -> datetime:
@@ -330,6 +330,7 @@ class VmControl:
 
     def poll(self) -> None:
         """Ask every CC at once; reconcile the records of each zone with its report."""
+        started = time.perf_counter()
         with self.sessions.begin() as db:
             clusters = [(c.name, c.url) for c in db.scalars(select(Cluster))]
         with self._lock:
@@ -342,6 +343,7 @@ class VmControl:
         for future in futures:
             future.result()
         self._polled.set()
+        self.metrics.observe("clc_poll", time.perf_counter() - started)
 
     def poll_zone(self, zone: str, url: str) -> None:
         client = self.cc_client(url)
@@ -404,11 +406,11 @@ class VmControl:
                         to_end.add(instance_id)
                 elif record.dispatch != "accepted":
                     if record.state == "shutting-down":  # never taken: nothing to end
-                        self._end(db, instance_id, ("shutting-down",), USER_ENDED)
+                        self._end(db, instance_id, ("shutting-down",))
                     elif record.reservation_id not in in_flight:
                         to_send.add(record.reservation_id)
                 elif record.state == "shutting-down":
-                    self._end(db, instance_id, ("shutting-down",), USER_ENDED)
+                    self._end(db, instance_id, ("shutting-down",))
                 else:
                     self._missing(db, record)
             unknown = {
@@ -444,7 +446,7 @@ class VmControl:
         if seen.state == "running":
             self._move(db, instance_id, ("pending",), "running")
         elif seen.state == "terminated":
-            if self._end(db, instance_id, ("shutting-down",), USER_ENDED):
+            if self._end(db, instance_id, ("shutting-down",)):
                 return
             reason = seen.reason or "Server.InternalError: the instance ended"
             if self._end(db, instance_id, ("pending", "running"), f"Server.{reason}"[:512]):
@@ -500,7 +502,10 @@ class VmControl:
             )
         return moved
 
-    def _end(self, db: Session, instance_id: str, expected: Iterable[str], reason: str) -> bool:
+    def _end(
+        self, db: Session, instance_id: str, expected: Iterable[str], reason: str = ""
+    ) -> bool:
+        """Terminated, for ``reason`` (none: the one it was shut down for)."""
         return self._move(db, instance_id, expected, "terminated", reason)
 
 

@@ -29,7 +29,11 @@ def blank_image(folder: Path, size: int = 1 << 20) -> Iterator[tuple[FileServer,
 
 
 def fake_node(
-    nc_factory: Callable[..., NcDaemon], cores: int, memory_mb: int = 8192, disk_gb: int = 8
+    nc_factory: Callable[..., NcDaemon],
+    cores: int,
+    memory_mb: int = 8192,
+    disk_gb: int = 8,
+    **settings: Any,
 ) -> NcDaemon:
     """An NC on libvirt's test driver offering exactly these resources."""
     return nc_factory(
@@ -40,6 +44,7 @@ def fake_node(
         max_cores=cores,
         max_memory_mb=memory_mb,
         max_disk_gb=disk_gb,
+        **settings,
     )
 
 

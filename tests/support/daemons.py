@@ -214,7 +214,7 @@ class Daemon:
         settings: dict[str, Any],
     ) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = int(settings.pop("port", 0)) or free_port()  # a restart keeps its port
         self.url = f"https://127.0.0.1:{self.port}"
         self.log = workdir / f"{self.component}.log"
         section = {
@@ -354,6 +354,7 @@ class CcDaemon(Daemon):
     def __init__(self, workdir: Path, pki: Pki, **settings: Any) -> None:
         cc = {"state_dir": str(workdir / "cc-state"), "poll_interval_s": 0.5, **settings}
         super().__init__(workdir, pki, pki.cc_server, pki.clc, cc)
+        self.state_dir = cc["state_dir"]
 
 
 class ClcDaemon(Daemon):
@@ -372,6 +373,9 @@ class ClcDaemon(Daemon):
             **settings,
         }
         super().__init__(workdir, pki, server, pki.clc, clc)
+        self.database_url = clc["database_url"]
+        self.image_dir = clc["image_dir"]
+        self.keys: dict[str, dict[str, str]] = {}
         if "image_url" not in settings:  # the NCs fetch images from this CLC
             with self.config.open("a") as config:
                 config.write(f"image_url = {_toml(self.url)}\n")
@@ -389,6 +393,12 @@ class ClcDaemon(Daemon):
         """A boto3 EC2 client of a new user of this cloud, as `mallee-admin` made them."""
         rc = self.admin("user", "create", user, *(["--admin"] if admin.get("admin") else []))
         keys = dict(line.removeprefix("export ").split("=", 1) for line in rc.splitlines()[1:])
+        self.keys[user] = keys
+        return self.client_of(keys)
+
+    def client_of(self, keys: dict[str, str]) -> Any:
+        """A boto3 EC2 client of this CLC with a user's keys (``keys`` of another CLC
+        on the same database, say)."""
         return boto3.client(
             "ec2",
             endpoint_url=self.url,
