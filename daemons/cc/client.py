@@ -47,6 +47,16 @@ class InstanceResult:
     error_message: str = ""
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as its CC knows it."""
+
+    name: str
+    url: str
+    health: str
+    instances: int
+
+
 class CcClient:
     """One CC, through an RpcClient whose timeouts and retries suit the calls made."""
 
@@ -96,6 +106,24 @@ class CcClient:
     def console_output(self, instance_id: str) -> str:
         answer = self.rpc.call("GET", f"/v1/instances/{instance_id}/console")
         return self._read(answer, lambda a: str(a["output"]))
+
+    def register_node(self, name: str, url: str) -> NodeInfo:
+        answer = self.rpc.call("POST", "/v1/nodes", {"name": name, "url": url})
+        return self._read(answer, _node)
+
+    def deregister_node(self, name: str, force: bool = False) -> None:
+        params = {"force": "true"} if force else None
+        self.rpc.call("DELETE", f"/v1/nodes/{name}", params=params)
+
+    def describe_nodes(self) -> list[NodeInfo]:
+        answer = self.rpc.call("GET", "/v1/nodes")
+        return self._read(answer, lambda a: [_node(n) for n in a["nodes"]])
+
+
+def _node(node: dict[str, Any]) -> NodeInfo:
+    return NodeInfo(
+        str(node["name"]), str(node["url"]), str(node["health"]), int(node["instances"])
+    )
 
 
 def _instance(view: dict[str, Any]) -> ClusterInstance:

@@ -1,11 +1,13 @@
 """``mallee-admin``: the cloud's administrative commands (the seed's Administrative
 Interface), run on the CLC's host against its database.
 
-    mallee-admin user create NAME [--admin] [--rc FILE]
-    mallee-admin user list
-    mallee-admin user disable NAME | enable NAME
-    mallee-admin user add-key NAME
+    mallee-admin user create NAME [--admin] [--access-key ID --secret-key SECRET]
+                            [--rc FILE | --bundle DIR]
+    mallee-admin user add-key NAME [--access-key ID --secret-key SECRET] [--rc | --bundle]
+    mallee-admin user rotate-key NAME [--rc FILE | --bundle DIR]
+    mallee-admin user list | disable NAME | enable NAME | remove NAME
     mallee-admin cluster add ZONE URL | list | remove ZONE
+    mallee-admin node add ZONE NAME URL | list ZONE | remove ZONE NAME [--force]
     mallee-admin image add NAME (--disk FILE | --root FILE --kernel FILE [--ramdisk FILE])
                            [--private] [--owner USER] [--description TEXT]
     mallee-admin image store FILE | list | enable ID | disable ID | remove ID
@@ -16,29 +18,60 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from mallee.clc import clusters, db, images, instances, securitygroups, users
+from mallee.clc import app, clusters, db, images, instances, securitygroups, users
 from mallee.clc.config import ClcConfig
 from mallee.clc.db import Image
 from mallee.clc.users import Caller
 from mallee.common import config
+from mallee.common.config import CommonConfig
 from mallee.common.errors import MalleeError
 
 ADMIN = Caller("mallee-admin", admin=True)
 
 
-def _credentials_text(credentials: users.Credentials, clc: ClcConfig) -> str:
+def _credentials_text(credentials: users.Credentials, region: str) -> str:
     """An rc file for the aws CLI and boto3 (``. FILE``, then ``aws ec2 ...``)."""
     return (
         f"# mallee credentials of user {credentials.user}\n"
         f"export AWS_ACCESS_KEY_ID={credentials.access_key_id}\n"
         f"export AWS_SECRET_ACCESS_KEY={credentials.secret_access_key}\n"
-        f"export AWS_DEFAULT_REGION={clc.region}\n"
+        f"export AWS_DEFAULT_REGION={region}\n"
+    )
+
+
+def _write_bundle(
+    folder: Path, credentials: users.Credentials, clc: ClcConfig, common: CommonConfig
+) -> None:
+    """A user's credentials bundle: ``mallee.rc`` (``. mallee.rc``, then ``aws ec2
+    --endpoint-url $AWS_ENDPOINT_URL ...``), an aws CLI profile ``mallee`` in
+    ``aws-config`` and ``aws-credentials``, and the cloud's CA certificate."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    url = clc.public_url(common.tls)
+    ca = folder / "ca.pem"
+    if common.tls:
+        shutil.copyfile(common.ca_cert, ca)
+    ca_line = f"export AWS_CA_BUNDLE={ca}\n" if common.tls else ""
+    _write_secret(
+        folder / "mallee.rc",
+        _credentials_text(credentials, clc.region)
+        + f"export AWS_ENDPOINT_URL={url}\nexport EC2_URL={url}\n{ca_line}",
+    )
+    ca_setting = f"ca_bundle = {ca}\n" if common.tls else ""
+    _write_secret(
+        folder / "aws-config",
+        f"[profile mallee]\nregion = {clc.region}\nendpoint_url = {url}\n{ca_setting}",
+    )
+    _write_secret(
+        folder / "aws-credentials",
+        f"[mallee]\naws_access_key_id = {credentials.access_key_id}\n"
+        f"aws_secret_access_key = {credentials.secret_access_key}\n",
     )
 
 
@@ -58,6 +91,56 @@ def _cluster(session: Session, args: argparse.Namespace) -> None:
     else:
         for c in clusters.all_clusters(session):
             print(f"{c.name}\t{c.url}")
+
+
+def _user(session: Session, args: argparse.Namespace, clc: ClcConfig, common: CommonConfig) -> None:
+    if args.verb == "list":
+        for u in users.list_users(session):
+            flags = ("admin " if u.admin else "") + ("enabled" if u.enabled else "disabled")
+            print(f"{u.name}\t{flags}")
+        return
+    if args.verb in ("enable", "disable"):
+        users.set_enabled(session, args.name, args.verb == "enable")
+        return
+    if args.verb == "remove":
+        users.remove_user(session, args.name)
+        return
+    given = None
+    if getattr(args, "access_key", None) or getattr(args, "secret_key", None):
+        if not (args.access_key and args.secret_key):
+            raise ValueError("give both --access-key and --secret-key")
+        given = (args.access_key, args.secret_key)
+    if args.verb == "create":
+        credentials = users.create_user(session, args.name, args.admin, given)
+        securitygroups.default_group(session, args.name)  # EC2's, from the start
+    elif args.verb == "add-key":
+        credentials = users.add_access_key(session, args.name, given)
+    else:
+        credentials = users.rotate_keys(session, args.name)
+    if args.bundle:
+        _write_bundle(args.bundle, credentials, clc, common)
+        print(f"credentials of {args.name} written to {args.bundle}/")
+    elif args.rc:
+        _write_secret(args.rc, _credentials_text(credentials, clc.region))
+        print(f"credentials of {args.name} written to {args.rc}")
+    else:
+        print(_credentials_text(credentials, clc.region), end="")
+
+
+def _node(args: argparse.Namespace, session: Session, clc: ClcConfig, common: CommonConfig) -> None:
+    """Nodes are their CC's: the commands go to the zone's CC."""
+    cluster = session.get(db.Cluster, args.zone)
+    if cluster is None:
+        raise ValueError(f"no cluster {args.zone!r}")
+    cc = app.cc_clients(common, clc)(cluster.url)
+    if args.verb == "add":
+        node = cc.register_node(args.name, args.url)
+        print(f"{node.name}\t{node.url}\t{node.health}")
+    elif args.verb == "remove":
+        cc.deregister_node(args.name, args.force)
+    else:
+        for n in cc.describe_nodes():
+            print(f"{n.name}\t{n.url}\t{n.health}\t{n.instances} instance(s)")
 
 
 def _image(session: Session, args: argparse.Namespace, store: images.ImageStore) -> None:
@@ -118,13 +201,13 @@ def _add_image(session: Session, args: argparse.Namespace, store: images.ImageSt
     )
 
 
-def _instance(session: Session, args: argparse.Namespace) -> None:
+def _instance(session: Session, args: argparse.Namespace, clc: ClcConfig) -> None:
     if args.verb == "terminate":
         # Marked here; the CLC's next poll of each cluster ends them.
         for instance, before in instances.terminate(session, ADMIN, args.ids):
             print(f"{instance.instance_id}\t{before} -> {instance.state}")
         return
-    for i in instances.visible(session, ADMIN, [], terminated_visible_s=float("inf")):
+    for i in instances.visible(session, ADMIN, [], clc.terminated_visible_s):
         if args.user in (None, i.owner):
             print(f"{i.instance_id}\t{i.owner}\t{i.state}\t{i.zone}\t{i.node}\t{i.image_id}")
 
@@ -135,12 +218,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     nouns = parser.add_subparsers(dest="noun", required=True)
     user = nouns.add_parser("user", help="the cloud's users and their access keys")
     verbs = user.add_subparsers(dest="verb", required=True)
-    create = verbs.add_parser("create", help="a user with one access key")
-    create.add_argument("name")
-    create.add_argument("--admin", action="store_true", help="sees and manages everyone's")
-    create.add_argument("--rc", type=Path, help="write the credentials here (mode 0600)")
+    for verb, text in (
+        ("create", "a user with one access key"),
+        ("add-key", "another access key of the user"),
+        ("rotate-key", "a new access key; the older ones stop working"),
+    ):
+        keyed = verbs.add_parser(verb, help=text)
+        keyed.add_argument("name")
+        if verb == "create":
+            keyed.add_argument("--admin", action="store_true", help="sees and manages everyone's")
+        if verb != "rotate-key":
+            keyed.add_argument("--access-key", help="a key the user brings from another cloud")
+            keyed.add_argument("--secret-key", help="that key's secret")
+        output = keyed.add_mutually_exclusive_group()
+        output.add_argument("--rc", type=Path, help="write an rc file here (mode 0600)")
+        output.add_argument(
+            "--bundle", type=Path, help="write an rc file, an aws CLI profile and the CA here"
+        )
     verbs.add_parser("list", help="every user")
-    for verb in ("disable", "enable", "add-key"):
+    for verb in ("disable", "enable", "remove"):
         verbs.add_parser(verb).add_argument("name")
     cluster = nouns.add_parser("cluster", help="the cloud's clusters: a CC is a zone")
     cluster_verbs = cluster.add_subparsers(dest="verb", required=True)
@@ -149,6 +245,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     add.add_argument("url", help="where the CLC reaches the CC: https://HOST:8774")
     cluster_verbs.add_parser("list")
     cluster_verbs.add_parser("remove").add_argument("name")
+    node = nouns.add_parser("node", help="a cluster's nodes, through its CC")
+    node_verbs = node.add_subparsers(dest="verb", required=True)
+    add_node = node_verbs.add_parser("add", help="register an NC with the zone's CC")
+    add_node.add_argument("zone")
+    add_node.add_argument("name")
+    add_node.add_argument("url", help="where the CC reaches the NC: https://HOST:8775")
+    node_verbs.add_parser("list").add_argument("zone")
+    remove_node = node_verbs.add_parser("remove")
+    remove_node.add_argument("zone")
+    remove_node.add_argument("name")
+    remove_node.add_argument("--force", action="store_true", help="a node gone for good")
     image = nouns.add_parser("image", help="the image store and its registered images")
     image_verbs = image.add_subparsers(dest="verb", required=True)
     add_image = image_verbs.add_parser("add", help="store files and register them as images")
@@ -175,35 +282,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.config:
         os.environ[config.PATH_ENV] = args.config
-    _, clc = config.load(ClcConfig)
+    common, clc = config.load(ClcConfig)
     db.migrate(clc.database_url)
     sessions = db.sessions(db.engine_for(clc.database_url))
     try:
         with sessions.begin() as session:
             if args.noun == "cluster":
                 _cluster(session, args)
+            elif args.noun == "node":
+                _node(args, session, clc, common)
             elif args.noun == "image":
                 _image(session, args, images.ImageStore(Path(clc.image_dir)))
             elif args.noun == "instance":
-                _instance(session, args)
-            elif args.verb == "create" or args.verb == "add-key":
-                if args.verb == "create":
-                    credentials = users.create_user(session, args.name, args.admin)
-                    securitygroups.default_group(session, args.name)  # EC2's, from the start
-                else:
-                    credentials = users.add_access_key(session, args.name)
-                text = _credentials_text(credentials, clc)
-                if getattr(args, "rc", None):
-                    _write_secret(args.rc, text)
-                    print(f"credentials of {args.name} written to {args.rc}")
-                else:
-                    print(text, end="")
-            elif args.verb == "list":
-                for u in users.list_users(session):
-                    flags = ("admin " if u.admin else "") + ("enabled" if u.enabled else "disabled")
-                    print(f"{u.name}\t{flags}")
+                _instance(session, args, clc)
             else:
-                users.set_enabled(session, args.name, args.verb == "enable")
+                _user(session, args, clc, common)
     except (ValueError, OSError) as e:
         sys.exit(f"mallee-admin: {e}")
     except MalleeError as e:

@@ -4,7 +4,6 @@ and its poll of the clusters, then the EC2 API and the image store's route."""
 from __future__ import annotations
 
 import functools
-import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,26 @@ from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
 from mallee.clc.vmcontrol import VmControl
 from mallee.common import config, log, rpc, server
+from mallee.common.config import CommonConfig
 from mallee.common.metrics import Metrics
 from mallee.common.periodic import Periodic
+
+
+def cc_clients(common: CommonConfig, clc_config: ClcConfig) -> Callable[[str], CcClient]:
+    """A client of the CC at a URL, one per URL (and its connections), as the CLC."""
+    tls_files = (
+        rpc.ClientTLS(common.ca_cert, clc_config.tls_cert, clc_config.tls_key)
+        if common.tls
+        else None
+    )
+    timeout = clc_config.cc_timeout_s
+
+    @functools.cache
+    def cc_client(url: str) -> CcClient:
+        rpc_client = rpc.RpcClient(url, tls_files, timeout=(min(timeout, 3.05), timeout), retries=1)
+        return CcClient(rpc_client)
+
+    return cc_client
 
 
 def build_cloud(
@@ -33,7 +50,7 @@ def build_cloud(
     """What the EC2 actions work with; VmControl's poll is not started here."""
     catalog = clc_config.catalog()
     addresses.check_pool(clc_config.public_addresses)
-    vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url.rstrip("/"), metrics)
+    vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url, metrics)
     return Cloud(
         clc_config,
         catalog,
@@ -50,21 +67,8 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     log.setup(common.log_level)
     db.migrate(clc_config.database_url)
     sessions = db.sessions(db.engine_for(clc_config.database_url))
-    tls_files = (
-        rpc.ClientTLS(common.ca_cert, clc_config.tls_cert, clc_config.tls_key)
-        if common.tls
-        else None
-    )
-
-    timeout = clc_config.cc_timeout_s
-
-    @functools.cache  # one client, and its connections, per CC
-    def cc_client(url: str) -> CcClient:
-        rpc_client = rpc.RpcClient(url, tls_files, timeout=(min(timeout, 3.05), timeout), retries=1)
-        return CcClient(rpc_client)
-
-    scheme = "https" if common.tls else "http"
-    image_url = clc_config.image_url or f"{scheme}://{socket.getfqdn()}:{clc_config.port}"
+    cc_client = cc_clients(common, clc_config)
+    image_url = clc_config.public_url(common.tls)
     metrics = Metrics("mallee")
     cloud = build_cloud(clc_config, sessions, cc_client, image_url, metrics)
     app = flask.Flask(__name__)

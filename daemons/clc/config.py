@@ -3,6 +3,7 @@ each key does."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,10 +43,11 @@ class ClcConfig(DaemonConfig):
     lost_after_polls: int = 3
     # How long terminated instances stay in DescribeInstances (EC2: about an hour).
     terminated_visible_s: float = 3600.0
-    # The image store (files named by digest), and the URL NCs fetch them at: this
-    # CLC as the NCs reach it ("" for https://<this host's FQDN>:<port>).
+    # The image store (files named by digest).
     image_dir: str = "/var/lib/mallee/clc/images"
-    image_url: str = ""
+    # This CLC's URL as users and NCs reach it ("" for https://<this host's FQDN>:<port>):
+    # NCs fetch images there, and users' credentials name it.
+    url: str = ""
     # The SLA chain, in order (module:function each; see mallee.clc.sla), and the
     # shipped policies' settings: live instances per user (0: no quota), and the
     # lease after which instances are terminated (0: none).
@@ -67,6 +69,10 @@ class ClcConfig(DaemonConfig):
     # of 169.254.169.254:80 sends guests' requests with their source address kept.
     metadata_port: int = 8779
     lease_hours: float = 6.0
+
+    def public_url(self, tls: bool) -> str:
+        scheme = "https" if tls else "http"
+        return (self.url or f"{scheme}://{socket.getfqdn()}:{self.port}").rstrip("/")
 
     def catalog(self) -> list[VmType]:
         """The instance types users may run, in the order the admin gave."""

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mallee.clc.db import SecurityGroup, SecurityGroupRule, flush_or
+from mallee.clc.db import Instance, SecurityGroup, SecurityGroupRule, flush_or
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
 
@@ -158,6 +158,14 @@ def delete(db: Session, group: SecurityGroup) -> None:
         raise Ec2Error(
             "DependencyViolation",
             f"resource {group.group_id} has a dependent object: a rule of {user.group_id}",
+        )
+    live = select(Instance.instance_id, Instance.group_ids).where(
+        Instance.owner == group.owner, Instance.state != "terminated"
+    )
+    if members := sorted(i for i, groups in db.execute(live) if group.group_id in groups):
+        raise Ec2Error(
+            "DependencyViolation",
+            f"resource {group.group_id} has a dependent object: instance {members[0]}",
         )
     db.delete(group)
 

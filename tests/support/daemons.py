@@ -376,9 +376,9 @@ class ClcDaemon(Daemon):
         self.database_url = clc["database_url"]
         self.image_dir = clc["image_dir"]
         self.keys: dict[str, dict[str, str]] = {}
-        if "image_url" not in settings:  # the NCs fetch images from this CLC
+        if "url" not in settings:  # the NCs fetch images from this CLC
             with self.config.open("a") as config:
-                config.write(f"image_url = {_toml(self.url)}\n")
+                config.write(f"url = {_toml(self.url)}\n")
         self.ca = pki.ca
 
     def admin(self, *args: str) -> str:

@@ -148,6 +148,8 @@ def test_every_action_answers_what_botocore_reads(
     ok("RebootInstances", InstanceIds=ids)
     console = ok("GetConsoleOutput", InstanceId=ids[0])["Output"]
     assert base64.b64decode(console) == b"MALLEE-BOOT-OK\n"  # EC2's base64
+    status, refused = call(frontend, alice, "DeleteSecurityGroup", GroupName="web")
+    assert (status, refused["Error"]["Code"]) == (400, "DependencyViolation")  # in use
     ended = ok("TerminateInstances", InstanceIds=ids)["TerminatingInstances"]
     assert [e["CurrentState"]["Name"] for e in ended] == ["shutting-down"] * 2
 
