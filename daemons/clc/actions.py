@@ -265,7 +265,7 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
 
 def delete_security_group(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     group = securitygroups.find(
-        ctx.db, ctx.caller.user, params.get("GroupId"), params.get("GroupName"), lock=True
+        ctx.db, ctx.caller.user, params.get("GroupId"), params.get("GroupName"), lock="delete"
     )
     securitygroups.delete(ctx.db, group)
     tags.forget(ctx.db, group.group_id)
@@ -278,7 +278,7 @@ def _rule_change(direction: str, change: Callable[..., None]) -> Handler:
     def handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         _not_yet(params, "TagSpecifications", "SecurityGroupRuleIds")
         group = securitygroups.find(
-            ctx.db, ctx.caller.user, params.get("GroupId"), params.get("GroupName")
+            ctx.db, ctx.caller.user, params.get("GroupId"), params.get("GroupName"), lock="keep"
         )
         change(ctx.db, group, direction, securitygroups.flows(ctx.db, group, params))
         return {"Return": True}

@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Index,
     String,
     Text,
     UniqueConstraint,
@@ -173,6 +174,10 @@ class Instance(Base):
     CC's reports move its state)."""
 
     __tablename__ = "instances"
+    __table_args__ = (  # as migration 0005 makes them
+        Index("instances_by_owner_state", "owner", "state"),
+        Index("instances_by_zone_state", "zone", "state"),
+    )
 
     instance_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     reservation_id: Mapped[str] = mapped_column(
@@ -228,14 +233,23 @@ class ElasticAddress(Base):
     association_id: Mapped[str | None] = mapped_column(String(32))
 
 
-def flush_or(session: Session, conflict: Exception) -> None:
+def flush_or(session: Session, conflict: Exception, gone: Exception | None = None) -> None:
     """Write what the session holds now; a unique constraint it breaks (a name taken, a
-    rule made by a concurrent request) raises ``conflict``. The request's transaction
-    is rolled back as the error leaves it."""
+    rule made by a concurrent request) raises ``conflict``, a foreign key (what a new
+    row belongs to, deleted by a concurrent request) ``gone`` when given. The
+    request's transaction is rolled back as the error leaves it."""
     try:
         session.flush()
-    except IntegrityError:
-        raise conflict from None
+    except IntegrityError as e:
+        raise (gone if gone is not None and _foreign_key(e) else conflict) from None
+
+
+def _foreign_key(error: IntegrityError) -> bool:
+    """PostgreSQL's foreign_key_violation, SQLite's SQLITE_CONSTRAINT_FOREIGNKEY."""
+    orig = error.orig
+    return getattr(orig, "sqlstate", None) == "23503" or (
+        getattr(orig, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_FOREIGNKEY"
+    )
 
 
 def migrate(url: str) -> None:

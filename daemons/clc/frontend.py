@@ -57,6 +57,8 @@ def received(raw: RawRequest) -> auth.Received:
     pairs = parse_qsl(query, keep_blank_values=True) + parse_qsl(body, keep_blank_values=True)
     params: dict[str, str] = {}
     for name, value in pairs:
+        if "\x00" in name or "\x00" in value:  # no EC2 text has one; PostgreSQL takes none
+            raise wire.Ec2Error("InvalidParameterValue", f"The parameter {name!r} holds a NUL")
         if name in params:
             raise wire.Ec2Error(
                 "InvalidParameterValue", f"The parameter {name} is given more than once"

@@ -123,8 +123,8 @@ def _key(db: Session, caller: Caller, name: str | None) -> KeyPair | None:
 
 def _groups(db: Session, caller: Caller, params: dict[str, Any]) -> list[str]:
     names, ids = params.get("SecurityGroups", []), params.get("SecurityGroupIds", [])
-    groups = [securitygroups.find(db, caller.user, None, n) for n in names]
-    groups += [securitygroups.find(db, caller.user, i, None) for i in ids]
+    groups = [securitygroups.find(db, caller.user, None, n, lock="keep") for n in names]
+    groups += [securitygroups.find(db, caller.user, i, None, lock="keep") for i in ids]
     if not groups:
         groups = [securitygroups.default_group(db, caller.user)]
     return list(dict.fromkeys(g.group_id for g in groups))

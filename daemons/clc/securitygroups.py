@@ -94,11 +94,13 @@ def find(
     group_id: str | None,
     name: str | None,
     anyones: bool = False,
-    lock: bool = False,
+    lock: str = "",
 ) -> SecurityGroup:
     """``owner``'s group of that id or name (with ``anyones``, any user's by id: what
-    an admin may see). ``lock`` holds the row against a concurrent change or delete
-    until the request's transaction ends."""
+    an admin may see). ``lock`` holds the row until the request's transaction ends:
+    "delete" against everyone, "keep" against a delete only (requests that keep it
+    wait for no other, and two naming each other's groups do not deadlock). SQLite
+    has no row locks: there the checks after the writes do it."""
     if group_id:
         if not GROUP_ID.fullmatch(group_id):
             raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{group_id}"')
@@ -115,7 +117,9 @@ def find(
         missing = name
     else:
         raise Ec2Error("MissingParameter", "The request must contain the parameter GroupId")
-    group = db.scalars(query.with_for_update() if lock else query).first()
+    if lock:
+        query = query.with_for_update(read=lock == "keep", key_share=lock == "keep")
+    group = db.scalars(query).first()
     if group is None:
         raise Ec2Error("InvalidGroup.NotFound", f"The security group '{missing}' does not exist")
     return group
@@ -154,6 +158,8 @@ def delete(db: Session, group: SecurityGroup) -> None:
         SecurityGroupRule.peer_group_id == group.group_id,
         SecurityGroupRule.group_id != group.group_id,
     )
+    db.delete(group)
+    db.flush()  # the write first (SQLite: its lock), then the checks: nothing comes between
     if (user := db.scalars(query).first()) is not None:
         raise Ec2Error(
             "DependencyViolation",
@@ -167,7 +173,6 @@ def delete(db: Session, group: SecurityGroup) -> None:
             "DependencyViolation",
             f"resource {group.group_id} has a dependent object: instance {members[0]}",
         )
-    db.delete(group)
 
 
 def flows(db: Session, group: SecurityGroup, params: dict[str, Any]) -> list[Flow]:
@@ -221,7 +226,7 @@ def _flows_of(db: Session, group: SecurityGroup, permission: dict[str, Any]) -> 
     for pair in permission.get("UserIdGroupPairs", []):
         _same_owner(group, pair.get("UserId"))
         # held until the request ends: a concurrent delete of the peer waits
-        peer = find(db, group.owner, pair.get("GroupId"), pair.get("GroupName"), lock=True)
+        peer = find(db, group.owner, pair.get("GroupId"), pair.get("GroupName"), lock="keep")
         peers.append(peer.group_id)
     if permission.get("Ipv6Ranges") or permission.get("PrefixListIds"):
         raise Ec2Error("InvalidParameterValue", "IPv6 ranges and prefix lists are not supported")
@@ -270,7 +275,15 @@ def authorize(db: Session, group: SecurityGroup, direction: str, wanted: list[Fl
         raise _duplicate(duplicate[0])
     for flow in dict.fromkeys(wanted):
         db.add(_rule(group.group_id, direction, flow))
-    flush_or(db, _duplicate(wanted[0]))  # a concurrent request made one of them first
+    gone = Ec2Error(
+        "InvalidGroup.NotFound", f"The security group '{group.group_id}' does not exist"
+    )
+    flush_or(db, _duplicate(wanted[0]), gone)  # a concurrent request made one, or deleted it
+    # after the write (SQLite: its lock), a peer deleted meanwhile is seen to be gone
+    peers = {f.peer_group_id for f in wanted if f.peer_group_id}
+    there = set(db.scalars(select(SecurityGroup.group_id).where(SecurityGroup.group_id.in_(peers))))
+    if missing := sorted(peers - there):
+        raise Ec2Error("InvalidGroup.NotFound", f"The security group '{missing[0]}' does not exist")
 
 
 def _duplicate(flow: Flow) -> Ec2Error:

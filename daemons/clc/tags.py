@@ -57,9 +57,12 @@ def resource_type(resource_id: str) -> str:
     return _kind(resource_id).name
 
 
-def _check_owned(db: Session, caller: Caller, resource_id: str) -> None:
+def _check_owned(db: Session, caller: Caller, resource_id: str, lock: bool = False) -> None:
+    """``lock``: hold the resource's row until the request ends (FOR NO KEY UPDATE), so
+    that requests changing its tags take turns, and a delete of it waits for them."""
     kind = _kind(resource_id)
-    owner = db.scalar(select(kind.owner_column).where(kind.id_column == resource_id))
+    query = select(kind.owner_column).where(kind.id_column == resource_id)
+    owner = db.scalar(query.with_for_update(key_share=True) if lock else query)
     if owner != caller.user:
         raise Ec2Error(kind.not_found, f"The {kind.name} '{resource_id}' does not exist")
 
@@ -86,8 +89,9 @@ def create(
     db: Session, caller: Caller, resource_ids: list[str], tags: list[dict[str, Any]]
 ) -> None:
     pairs = _checked(tags)
+    for resource_id in sorted(resource_ids):  # in one order: two requests cannot deadlock
+        _check_owned(db, caller, resource_id, lock=True)
     for resource_id in resource_ids:
-        _check_owned(db, caller, resource_id)
         for key, value in pairs:
             existing = db.get(Tag, (resource_id, key))
             if existing is None:

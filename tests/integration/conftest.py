@@ -17,6 +17,7 @@ import pytest
 
 from tests.support import daemons
 from tests.support import guest as guest_image
+from tests.support import postgres as postgres_server
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki
 from tests.support.guest import GuestImage
 from tests.support.http import serve_directory
@@ -112,6 +113,20 @@ def guest() -> Iterator[GuestImage]:
     directory = guest_image.build()
     with serve_directory(directory) as server:
         yield guest_image.published(directory, server.url)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[postgres_server.PostgresServer]:
+    """A PostgreSQL server of the session's own (Debian's binaries); each test makes its
+    own database on it."""
+    with postgres_server.running() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(postgres: postgres_server.PostgresServer) -> str:
+    """The SQLAlchemy URL of a new, empty database on the session's server."""
+    return postgres.create_database()
 
 
 @pytest.fixture

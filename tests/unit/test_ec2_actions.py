@@ -101,7 +101,12 @@ def test_every_action_answers_what_botocore_reads(
     )
     assert len(ok("DescribeKeyPairs")["KeyPairs"]) == 2
     group = ok("CreateSecurityGroup", GroupName="web", Description="web")["GroupId"]
-    rule = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": "10.0.0.0/8"}
+    rule: dict[str, Any] = {
+        "IpProtocol": "tcp",
+        "FromPort": 22,
+        "ToPort": 22,
+        "CidrIp": "10.0.0.0/8",
+    }
     for change in ("Authorize", "Revoke"):
         for direction in ("Ingress", "Egress"):
             ok(f"{change}SecurityGroup{direction}", GroupId=group, **rule)
