@@ -61,6 +61,15 @@ def build_cloud(
     )
 
 
+def metadata_app(frontend: Ec2Frontend) -> flask.Flask:
+    """The metadata service's app: another port, plain HTTP, for guests only."""
+    guests = flask.Flask("mallee.clc.metadata")
+    guests.extensions["mallee.clc"] = frontend
+    guests.extensions["mallee.metadata"] = metadata.Tokens()
+    guests.register_blueprint(metadataapi.bp)
+    return guests
+
+
 def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flask.Flask:
     """``overrides`` maps sections to keys, as in the config file: ``{"clc": {...}}``."""
     common, clc_config = config.load(ClcConfig, overrides)
@@ -77,9 +86,6 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     app.register_blueprint(ec2api.bp)  # open to all: callers sign their requests
     rpc.register_blueprint(app, imageapi.bp, roles=["nc"])
     Periodic("clc-poll", clc_config.poll_interval_s, cloud.vmcontrol.poll).start()
-    guests = flask.Flask("mallee.clc.metadata")  # another port, plain HTTP, guests only
-    guests.extensions["mallee.clc"] = app.extensions["mallee.clc"]
-    guests.extensions["mallee.metadata"] = metadata.Tokens()
-    guests.register_blueprint(metadataapi.bp)
+    guests = metadata_app(app.extensions["mallee.clc"])
     server.serve_plain_http(guests, clc_config.listen, clc_config.metadata_port, "clc-metadata")
     return app
