@@ -199,12 +199,16 @@ def describe_availability_zones(ctx: Context, params: dict[str, Any]) -> dict[st
 
 
 def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "Filters", "MaxResults", "NextToken")
+    _not_yet(params, "Filters")
     catalog = {vm.name: vm for vm in ctx.cloud.catalog}
     wanted = params.get("InstanceTypes", [])
     if missing := [w for w in wanted if w not in catalog]:
         raise Ec2Error("InvalidInstanceType", f"The instance type '{missing[0]}' does not exist")
+    listed, token = paging.page(
+        [vm for vm in ctx.cloud.catalog if not wanted or vm.name in wanted], params
+    )
     return {
+        "NextToken": token,
         "InstanceTypes": [
             {
                 "InstanceType": vm.name,
@@ -216,9 +220,8 @@ def describe_instance_types(ctx: Context, params: dict[str, Any]) -> dict[str, A
                 "SupportedUsageClasses": ["on-demand"],
                 "CurrentGeneration": True,
             }
-            for vm in ctx.cloud.catalog
-            if not wanted or vm.name in wanted
-        ]
+            for vm in listed
+        ],
     }
 
 
@@ -237,7 +240,8 @@ SECURITY_GROUP_FILTERS: filters.Fields = {
 
 
 def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "MaxResults", "NextToken")
+    if (params.get("GroupNames") or params.get("GroupIds")) and "MaxResults" in params:
+        raise Ec2Error("InvalidParameterCombination", "Groups named cannot be paged")
     found = securitygroups.describe(
         ctx.db, ctx.caller, params.get("GroupNames", []), params.get("GroupIds", [])
     )
@@ -245,7 +249,9 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
     found = filters.apply(
         found, params.get("Filters", []), SECURITY_GROUP_FILTERS, lambda g: tagged[g[0].group_id]
     )
+    found, token = paging.page(found, params)
     return {
+        "NextToken": token,
         "SecurityGroups": [
             {
                 "GroupId": group.group_id,
@@ -259,7 +265,7 @@ def describe_security_groups(ctx: Context, params: dict[str, Any]) -> dict[str, 
                 "Tags": tags.as_list(tagged[group.group_id]),
             }
             for group, rules in found
-        ]
+        ],
     }
 
 
@@ -297,8 +303,8 @@ def delete_tags(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_tags(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    _not_yet(params, "MaxResults", "NextToken")
-    return {"Tags": tags.describe(ctx.db, ctx.caller, params.get("Filters", []))}
+    found, token = paging.page(tags.describe(ctx.db, ctx.caller, params.get("Filters", [])), params)
+    return {"Tags": found, "NextToken": token}
 
 
 def describe_account_attributes(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:

@@ -174,3 +174,28 @@ def test_an_image_file_stays_while_an_image_names_it(tmp_path: Path) -> None:
     assert store.add(source) == stored  # kept once
     assert store.path_of(stored.digest) is not None
     assert store.path_of("sha256:../../etc/passwd") is None
+
+
+def test_listings_come_in_pages(
+    cloud: tuple[Ec2Frontend, users.Credentials, users.Credentials, str],
+) -> None:
+    frontend, alice, _, _ = cloud
+    for n in range(6):
+        call(frontend, alice, "CreateSecurityGroup", GroupName=f"g{n}", Description="paged")
+    seen: list[str] = []
+    token = None
+    pages = 0
+    while True:
+        extra = {"NextToken": token} if token else {}
+        status, page = call(frontend, alice, "DescribeSecurityGroups", MaxResults=5, **extra)
+        assert status == 200 and len(page["SecurityGroups"]) <= 5
+        seen += [g["GroupName"] for g in page["SecurityGroups"]]
+        pages += 1
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert pages == 2 and sorted(seen) == sorted(["default", *(f"g{n}" for n in range(6))])
+    status, refused = call(frontend, alice, "DescribeTags", NextToken="not-a-token")
+    assert (status, refused["Error"]["Code"]) == (400, "InvalidParameterValue")
+    status, refused = call(frontend, alice, "DescribeInstances", MaxResults=4)
+    assert (status, refused["Error"]["Code"]) == (400, "InvalidParameterValue")  # 5 to 1000
