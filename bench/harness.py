@@ -4,6 +4,7 @@ by hand with `virsh create`, and one way of waiting for boot markers on both."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import subprocess
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from mallee.common.rpc import RpcClient
 from mallee.nc import disks
@@ -132,13 +134,21 @@ class BootBench:
         directory = self.workdir / name
         directory.mkdir(mode=0o755)
         disks.create(directory, self.cached_root, "raw", 1, SWAP_MB)
-        xml = (
-            self.template.replace(str(self.template_dir), str(directory))
-            .replace(self.template_dir.name, name)
-            .replace(f"node='{self.nc.name}'", "node='bench-bare'")
-        )
+        xml = renamed(self.template, self.template_dir, self.nc.name, directory)
         (directory / "domain.xml").write_text(xml)
         return BareDomain(name, directory)
+
+
+def renamed(template: str, template_dir: Path, node: str, directory: Path) -> str:
+    """An NC's domain XML as the bare domain named after ``directory``: its folder,
+    name and UUID its own, and not marked as the NC's."""
+    [uuid] = re.findall(r"<uuid>([^<]+)</uuid>", template)
+    return (
+        template.replace(str(template_dir), str(directory))
+        .replace(template_dir.name, directory.name)
+        .replace(uuid, str(uuid4()))
+        .replace(f"node='{node}'", "node='bench-bare'")
+    )
 
 
 @contextmanager

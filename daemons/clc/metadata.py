@@ -121,9 +121,20 @@ def instance_at(db: Session, address: str) -> Instance | None:
     return db.scalars(query).first()
 
 
-def _tree(db: Session, r: Instance, region: str) -> Tree:
+def _tree(db: Session, r: Instance, region: str, subnet: str) -> Tree:
     host = instances.dns_name(r.private_ip, region)
+    mac = instances.mac_of(r.private_ip)
     groups = securitygroups.by_ids(db, set(r.group_ids))
+    # cloud-init on a platform it takes for EC2 configures exactly the NICs listed here
+    nic: Tree = {
+        "device-number": "0",
+        "local-hostname": host,
+        "local-ipv4s": r.private_ip,
+        "mac": mac,
+        "subnet-ipv4-cidr-block": subnet,
+    }
+    if r.public_ip:
+        nic["public-ipv4s"] = r.public_ip
     meta: Tree = {
         "ami-id": r.image_id,
         "ami-launch-index": str(r.launch_index),
@@ -135,7 +146,8 @@ def _tree(db: Session, r: Instance, region: str) -> Tree:
         "instance-type": r.instance_type,
         "local-hostname": host,
         "local-ipv4": r.private_ip,
-        "mac": instances.mac_of(r.private_ip),
+        "mac": mac,
+        "network": {"interfaces": {"macs": {mac: nic}}},
         "placement": {"availability-zone": r.zone, "region": region},
         "public-hostname": host,
         "reservation-id": r.reservation_id,
@@ -179,7 +191,7 @@ def _listing(node: Tree) -> str:
     return "\n".join(f"{k}/" if isinstance(v, dict) else k for k, v in node.items())
 
 
-def answer(db: Session, address: str, path: str, region: str) -> Answer:
+def answer(db: Session, address: str, path: str, region: str, subnet: str) -> Answer:
     """The answer to ``GET /<path>`` from the instance at ``address``."""
     parts = [p for p in path.split("/") if p]
     if not parts:
@@ -189,7 +201,7 @@ def answer(db: Session, address: str, path: str, region: str) -> Answer:
     instance = instance_at(db, address)
     if instance is None:
         return Answer(404, f"No instance of this cloud has the address {address}\n".encode())
-    node: str | bytes | Tree = _tree(db, instance, region)
+    node: str | bytes | Tree = _tree(db, instance, region, subnet)
     for part in parts[1:]:
         if not isinstance(node, dict) or part not in node:
             return _not_found(path)

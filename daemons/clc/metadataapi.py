@@ -41,5 +41,6 @@ def serve(path: str) -> flask.Response:
         return _text(401, "Unauthorized")
     frontend: Ec2Frontend = flask.current_app.extensions["mallee.clc"]
     with frontend.sessions.begin() as db:
-        found = metadata.answer(db, address, path, frontend.cloud.region)
+        config = frontend.cloud.config
+        found = metadata.answer(db, address, path, config.region, config.private_subnet)
     return flask.Response(found.body, found.status, mimetype=found.content_type)

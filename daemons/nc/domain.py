@@ -6,6 +6,7 @@ libvirt's test driver checks that libvirt accepts it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,17 @@ class DomainSpec:
     ramdisk: str | None = None
     cmdline: str = ""
     console_log: str | None = None
+    # What the guest's firmware tables say (SMBIOS; not under xen): stock cloud images'
+    # cloud-init runs its EC2 data source only where the system UUID and serial begin
+    # with "ec2" (docs/architecture.md). Product: the instance type; asset tag: the id.
+    product: str = ""
+
+    @property
+    def uuid(self) -> str:
+        """The domain's UUID (and SMBIOS serial): "ec2", then a digest of its name, so
+        one instance keeps one UUID across restarts of its domain and no two share it."""
+        digits = "ec2" + hashlib.sha256(self.name.encode()).hexdigest()[:29]
+        return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

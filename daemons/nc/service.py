@@ -266,6 +266,7 @@ class NodeController:
             or self.config.kernel_cmdline
             or DEFAULT_CMDLINE[self.virt_type],
             console_log=None if self.virt_type == "xen" else str(directory / "console.log"),
+            product=instance.vm_type.name,
         )
         xml = render_domain_xml(spec)
         (directory / "domain.xml").write_text(xml)

@@ -37,6 +37,7 @@ def spec(virt_type: str, **changes: object) -> DomainSpec:
         "ramdisk": "/var/lib/mallee/nc/images/ramdisk",
         "cmdline": "console=ttyS0 root=/dev/vda",
         "console_log": "/var/lib/mallee/nc/instances/i-0123456789abcdef0/console.log",
+        "product": "m1.small",
     }
     values.update(changes)
     return DomainSpec(**values)  # type: ignore[arg-type]
@@ -134,3 +135,19 @@ def test_bad_nic_and_disk() -> None:
         DiskSpec("/x", "vmdk")
     with pytest.raises(ValueError, match=r"disk path 'x.qcow2' is not absolute"):
         DiskSpec("x.qcow2")
+
+
+def test_stock_cloud_init_sees_an_ec2_compatible_platform() -> None:
+    """cloud-init's ds-identify takes the platform for EC2 only when the system UUID
+    and serial both begin with "ec2" and are equal; libvirt wants the domain's own UUID
+    to be the SMBIOS one."""
+    xml = render_domain_xml(spec("qemu"))
+    uuid = spec("qemu").uuid
+    assert uuid.startswith("ec2") and len(uuid) == 36
+    assert f"<uuid>{uuid}</uuid>" in xml
+    assert f"<entry name='serial'>{uuid}</entry>" in xml
+    assert f"<entry name='uuid'>{uuid}</entry>" in xml
+    assert "<entry name='asset'>i-0123456789abcdef0</entry>" in xml
+    assert "<smbios mode='sysinfo'/>" in xml
+    assert spec("qemu", name="i-0123456789abcdef1").uuid != uuid  # each instance its own
+    assert "smbios" not in render_domain_xml(CASES["xen-pv"])  # paravirtual: no firmware

@@ -84,6 +84,10 @@ def test_the_tree_cloud_init_walks(guest: flask.testing.FlaskClient) -> None:
     assert get(guest, "/latest/meta-data/mac").text == "d0:0d:ac:1f:00:07"
     assert get(guest, "/latest/meta-data/local-hostname").text == "ip-172-31-0-7.mallee.internal"
     assert get(guest, "/latest/meta-data/placement/availability-zone").text == "zone-a"
+    nic = "/latest/meta-data/network/interfaces/macs/d0:0d:ac:1f:00:07/"
+    assert "device-number" in get(guest, nic).text.split("\n")
+    assert get(guest, nic + "local-ipv4s").text == ADDRESS
+    assert get(guest, nic + "subnet-ipv4-cidr-block").text == "172.31.0.0/16"
     assert get(guest, "/latest/meta-data/security-groups").text == "web"
     assert get(guest, "/latest/meta-data/public-keys/").text == "0=laptop"
     assert get(guest, "/latest/meta-data/public-keys/0/").text == "openssh-key"
