@@ -186,7 +186,7 @@ def test_listings_come_in_pages(
     token = None
     pages = 0
     while True:
-        extra = {"NextToken": token} if token else {}
+        extra: dict[str, Any] = {"NextToken": token} if token else {}
         status, page = call(frontend, alice, "DescribeSecurityGroups", MaxResults=5, **extra)
         assert status == 200 and len(page["SecurityGroups"]) <= 5
         seen += [g["GroupName"] for g in page["SecurityGroups"]]
