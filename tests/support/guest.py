@@ -24,10 +24,15 @@ GUEST_SOURCES = REPO / "guest"
 MARKER = "MALLEE-BOOT-OK"
 
 
-def _sources_digest() -> str:
+DEBIAN_SOURCES = GUEST_SOURCES / "debian"
+
+
+def _sources_digest(folder: Path = GUEST_SOURCES, leave_out: Path | None = DEBIAN_SOURCES) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in GUEST_SOURCES.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(GUEST_SOURCES)).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if leave_out is not None and path.is_relative_to(leave_out):
+            continue
+        digest.update(str(path.relative_to(folder)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -41,6 +46,21 @@ def build() -> Path:
     if not (out / "manifest.json").exists():
         shutil.rmtree(out, ignore_errors=True)
         host.run(str(GUEST_SOURCES / "build.sh"), str(out), timeout_s=600)
+    out.chmod(0o755)
+    return out
+
+
+def build_debian() -> Path:
+    """The Debian 12 cloud-init image (guest/debian/build.sh: about 90 s, from the
+    Debian mirror), built once per content of guest/debian into /var/tmp, or taken from
+    ``$MALLEE_DEBIAN_DIR`` when that holds a build."""
+    given = os.environ.get("MALLEE_DEBIAN_DIR")
+    if given and (Path(given) / "manifest.json").exists():
+        return Path(given)
+    out = Path(f"/var/tmp/mallee-debian-{_sources_digest(DEBIAN_SOURCES, None)}")
+    if not (out / "manifest.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        host.run(str(DEBIAN_SOURCES / "build.sh"), str(out), timeout_s=1800)
     out.chmod(0o755)
     return out
 
