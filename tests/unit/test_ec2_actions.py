@@ -199,3 +199,71 @@ def test_listings_come_in_pages(
     assert (status, refused["Error"]["Code"]) == (400, "InvalidParameterValue")
     status, refused = call(frontend, alice, "DescribeInstances", MaxResults=4)
     assert (status, refused["Error"]["Code"]) == (400, "InvalidParameterValue")  # 5 to 1000
+
+
+def test_another_user_neither_sees_nor_uses_what_is_not_theirs(
+    cloud: tuple[Ec2Frontend, users.Credentials, users.Credentials, str],
+) -> None:
+    frontend, alice, root, location = cloud
+    with frontend.sessions.begin() as session:
+        bob = users.create_user(session, "bob")
+
+    def ok(caller: users.Credentials, action: str, **params: Any) -> dict[str, Any]:
+        status, answer = call(frontend, caller, action, **params)
+        assert status == 200, answer
+        return answer
+
+    def refused(caller: users.Credentials, action: str, **params: Any) -> str:
+        status, answer = call(frontend, caller, action, **params)
+        assert status == 400, answer
+        return str(answer["Error"]["Code"])
+
+    private = ok(root, "RegisterImage", Name="root's own", ImageLocation=location)["ImageId"]
+    public = ok(root, "RegisterImage", Name="for all", ImageLocation=location)["ImageId"]
+    ok(root, "ModifyImageAttribute", ImageId=public, LaunchPermission={"Add": [{"Group": "all"}]})
+    ok(alice, "CreateKeyPair", KeyName="alices")
+    group = ok(alice, "CreateSecurityGroup", GroupName="alices", Description="x")["GroupId"]
+    [instance] = ok(
+        alice,
+        "RunInstances",
+        ImageId=public,
+        MinCount=1,
+        MaxCount=1,
+        KeyName="alices",
+        SecurityGroupIds=[group],
+    )["Instances"]
+    alices = instance["InstanceId"]
+    ok(alice, "AllocateAddress")
+
+    assert ok(bob, "DescribeInstances")["Reservations"] == []
+    assert refused(bob, "DescribeInstances", InstanceIds=[alices]) == "InvalidInstanceID.NotFound"
+    assert refused(bob, "TerminateInstances", InstanceIds=[alices]) == "InvalidInstanceID.NotFound"
+    assert refused(bob, "RebootInstances", InstanceIds=[alices]) == "InvalidInstanceID.NotFound"
+    assert refused(bob, "GetConsoleOutput", InstanceId=alices) == "InvalidInstanceID.NotFound"
+    assert refused(bob, "CreateTags", Resources=[alices], Tags=[{"Key": "k", "Value": "v"}]) == (
+        "InvalidInstanceID.NotFound"
+    )
+    assert ok(bob, "DescribeAddresses")["Addresses"] == []
+    [address] = ok(alice, "DescribeAddresses")["Addresses"]
+    assert refused(bob, "AssociateAddress", PublicIp=address["PublicIp"], InstanceId=alices) == (
+        "InvalidAddress.NotFound"
+    )
+    assert refused(bob, "ReleaseAddress", PublicIp=address["PublicIp"]) == "InvalidAddress.NotFound"
+    # bob's launches may name only his own keys and groups, and visible images
+    launch = {"ImageId": public, "MinCount": 1, "MaxCount": 1}
+    assert refused(bob, "RunInstances", **launch, KeyName="alices") == "InvalidKeyPair.NotFound"
+    assert refused(bob, "RunInstances", **launch, SecurityGroupIds=[group]) == (
+        "InvalidGroup.NotFound"
+    )
+    assert refused(bob, "RunInstances", **{**launch, "ImageId": private}) == (
+        "InvalidAMIID.NotFound"
+    )
+    assert [i["ImageId"] for i in ok(bob, "DescribeImages")["Images"]] == [public]
+    assert refused(bob, "DescribeImages", ImageIds=[private]) == "InvalidAMIID.NotFound"
+    assert refused(bob, "DeregisterImage", ImageId=private) == "InvalidAMIID.NotFound"
+    # and the admin sees everyone's
+    assert [
+        i["InstanceId"]
+        for r in ok(root, "DescribeInstances")["Reservations"]
+        for i in r["Instances"]
+    ] == [alices]
