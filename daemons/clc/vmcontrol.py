@@ -80,7 +80,7 @@ class ModelView:
     db: Session
 
     def zones(self) -> list[str]:
-        return self.vmcontrol.zones()
+        return self.vmcontrol.zones(self.db)
 
     def room(self, zone: str, vm_type: VmType) -> int:
         return self.vmcontrol.room(self.db, zone, vm_type)
@@ -112,7 +112,6 @@ class VmControl:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._zones: dict[str, _Zone] = {}
-        self._polled = threading.Event()
         self._in_flight: set[str] = set()  # reservations this process is sending
         self._dispatcher = ThreadPoolExecutor(16, "clc-dispatch")
         self._calls = ThreadPoolExecutor(16, "clc-calls")
@@ -122,8 +121,13 @@ class VmControl:
     def model(self, db: Session) -> ModelView:
         return ModelView(self, db)
 
-    def zones(self) -> list[str]:
-        self._polled.wait(self.config.cc_timeout_s)
+    def zones(self, db: Session) -> list[str]:
+        """The zones whose CC answered its last poll. A cluster registered since the
+        last poll is asked now: a new zone is usable at once."""
+        with self._lock:
+            known = set(self._zones)
+        for cluster in db.scalars(select(Cluster).where(Cluster.name.not_in(known))):
+            self.poll_zone(cluster.name, cluster.url)
         with self._lock:
             return sorted(name for name, z in self._zones.items() if z.answering)
 
@@ -342,7 +346,6 @@ class VmControl:
         ]
         for future in futures:
             future.result()
-        self._polled.set()
         self.metrics.observe("clc_poll", time.perf_counter() - started)
 
     def poll_zone(self, zone: str, url: str) -> None:
