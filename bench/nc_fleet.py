@@ -48,6 +48,9 @@ def main() -> None:
                     "instance_dir": str(node / "instances"),
                     "image_cache_dir": str(node / "images"),
                     "swap_mb": 0,
+                    "public_bridge": "user",  # the CLC names each instance's MAC
+                    "tls_cert": args.cert,  # shown to the CLC's image store too
+                    "tls_key": args.key,
                     "cpu_overcommit": 64.0,
                     "monitor_interval_s": 3600.0,
                 },

@@ -284,9 +284,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ[config.PATH_ENV] = args.config
     common, clc = config.load(ClcConfig)
     db.migrate(clc.database_url)
-    sessions = db.sessions(db.engine_for(clc.database_url))
+    sessions = db.sessions_for(clc.database_url)
     try:
-        with sessions.begin() as session:
+        with sessions.write.begin() as session:
             if args.noun == "cluster":
                 _cluster(session, args)
             elif args.noun == "node":

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import flask
-from sqlalchemy.orm import Session, sessionmaker
 
 from mallee.cc.client import CcClient
 from mallee.clc import addresses, db, ec2api, imageapi, images, metadata, metadataapi, sla
@@ -42,7 +41,7 @@ def cc_clients(common: CommonConfig, clc_config: ClcConfig) -> Callable[[str], C
 
 def build_cloud(
     clc_config: ClcConfig,
-    sessions: sessionmaker[Session],
+    sessions: db.Sessions,
     cc_client: Callable[[str], CcClient],
     image_url: str,
     metrics: Metrics,
@@ -50,7 +49,7 @@ def build_cloud(
     """What the EC2 actions work with; VmControl's poll is not started here."""
     catalog = clc_config.catalog()
     addresses.check_pool(clc_config.public_addresses)
-    vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url, metrics)
+    vmcontrol = VmControl(sessions.write, clc_config, catalog, cc_client, image_url, metrics)
     return Cloud(
         clc_config,
         catalog,
@@ -75,7 +74,7 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     common, clc_config = config.load(ClcConfig, overrides)
     log.setup(common.log_level)
     db.migrate(clc_config.database_url)
-    sessions = db.sessions(db.engine_for(clc_config.database_url))
+    sessions = db.sessions_for(clc_config.database_url)
     cc_client = cc_clients(common, clc_config)
     image_url = clc_config.public_url(common.tls)
     metrics = Metrics("mallee")

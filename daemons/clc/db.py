@@ -8,8 +8,10 @@ start (``migrate``); a SQLite file is made readable by mallee only: it holds sec
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -25,7 +27,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -266,21 +268,43 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
-def engine_for(url: str) -> Engine:
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
+@dataclass(frozen=True)
+class Sessions:
+    """The CLC's transactions: ``write`` for whatever may write, ``read`` for what only
+    reads. On SQLite a writing transaction takes the write lock at its start (BEGIN
+    IMMEDIATE), waiting up to 30 s for it: one that read first and then wrote would
+    otherwise fail at once ("database is locked") whenever another had written since
+    its read began. Readers take no lock (write-ahead log). PostgreSQL needs neither."""
 
-        @event.listens_for(engine, "connect")
-        def configure(connection: object, _record: object) -> None:
-            cursor = connection.cursor()  # type: ignore[attr-defined]
-            # SQLite checks foreign keys only when asked; with a write-ahead log, a
-            # request reading while it waits on a CC does not hold up the poller's writes.
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.close()
+    read: sessionmaker[Session]
+    write: sessionmaker[Session]
+
+
+def sessions_for(url: str) -> Sessions:
+    reader = _engine(url, immediate=False)
+    writer = _engine(url, immediate=True) if reader.dialect.name == "sqlite" else reader
+    return Sessions(
+        sessionmaker(reader, expire_on_commit=False), sessionmaker(writer, expire_on_commit=False)
+    )
+
+
+def _engine(url: str, immediate: bool) -> Engine:
+    if not make_url(url).drivername.startswith("sqlite"):
+        return create_engine(url)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def configure(connection: Any, _record: object) -> None:
+        connection.isolation_level = None  # BEGIN is ours (below), not the driver's
+        cursor = connection.cursor()
+        # SQLite checks foreign keys only when asked; with a write-ahead log, a request
+        # reading while it waits on a CC does not hold up the poller's writes.
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
-
-
-def sessions(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
-    return sessionmaker(engine, expire_on_commit=False)

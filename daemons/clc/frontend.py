@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from mallee.clc import auth, users, wire
 from mallee.clc.actions import ACTIONS, Cloud, Context
+from mallee.clc.db import Sessions
 from mallee.common.errors import MalleeError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class Answer:
 class Ec2Frontend:
     def __init__(
         self,
-        sessions: sessionmaker[Session],
+        sessions: Sessions,
         cloud: Cloud,
         accept_signature_v2: bool = False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -101,7 +100,9 @@ class Ec2Frontend:
     def _serve(self, request: auth.Received, request_id: str) -> bytes:
         """One transaction from the signature check to the action's last write: a
         refusal anywhere rolls all of it back."""
-        with self.sessions.begin() as db:
+        action = request.params.get("Action", "")
+        read_only = action.startswith(("Describe", "Get"))  # EC2's names say which write
+        with (self.sessions.read if read_only else self.sessions.write).begin() as db:
             key_id = auth.signer_of(
                 request,
                 lambda key: users.secret_of(db, key),
@@ -110,7 +111,6 @@ class Ec2Frontend:
                 self.accept_signature_v2,
             )
             caller = users.caller(db, key_id)
-            action = request.params.get("Action")
             if not action:
                 raise wire.Ec2Error(
                     "MissingAction", "The request must contain the parameter Action"

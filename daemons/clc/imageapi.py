@@ -16,7 +16,7 @@ bp = flask.Blueprint("images", __name__, url_prefix="/v1/images")
 def image_file(hex_digest: str) -> flask.Response:
     frontend: Ec2Frontend = flask.current_app.extensions["mallee.clc"]
     digest = f"sha256:{hex_digest}"
-    with frontend.sessions.begin() as db:
+    with frontend.sessions.read.begin() as db:
         registered = images.served(db, digest)
     path = frontend.cloud.store.path_of(digest) if registered else None
     if path is None:

@@ -40,7 +40,7 @@ def serve(path: str) -> flask.Response:
     if given is not None and not tokens.valid(given, address):
         return _text(401, "Unauthorized")
     frontend: Ec2Frontend = flask.current_app.extensions["mallee.clc"]
-    with frontend.sessions.begin() as db:
+    with frontend.sessions.read.begin() as db:
         config = frontend.cloud.config
         found = metadata.answer(db, address, path, config.region, config.private_subnet)
     return flask.Response(found.body, found.status, mimetype=found.content_type)

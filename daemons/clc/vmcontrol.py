@@ -127,7 +127,7 @@ class VmControl:
         with self._lock:
             known = set(self._zones)
         for cluster in db.scalars(select(Cluster).where(Cluster.name.not_in(known))):
-            self.poll_zone(cluster.name, cluster.url)
+            self._ask(cluster.name, cluster.url)
         with self._lock:
             return sorted(name for name, z in self._zones.items() if z.answering)
 
@@ -349,6 +349,24 @@ class VmControl:
         self.metrics.observe("clc_poll", time.perf_counter() - started)
 
     def poll_zone(self, zone: str, url: str) -> None:
+        reported = self._ask(zone, url)
+        if reported is None:
+            return
+        to_end, to_send = self._reconcile(zone, {r.instance_id: r for r in reported})
+        if to_end:
+            client = self.cc_client(url)
+            try:
+                client.terminate_instances(sorted(to_end))
+            except MalleeError as e:
+                logger.warning(
+                    "terminating %s in %s: %s: %s", sorted(to_end), zone, e.code, e.message
+                )
+        for reservation_id in sorted(to_send):
+            self.dispatch(reservation_id)
+
+    def _ask(self, zone: str, url: str) -> list[ClusterInstance] | None:
+        """The zone's CC's instances, its room kept for the model; None when it does not
+        answer. Writes no record: a request's transaction may be waiting on this."""
         client = self.cc_client(url)
         asked_at = now()
         try:
@@ -359,22 +377,13 @@ class VmControl:
             with self._lock:
                 last = self._zones.get(zone)
                 self._zones[zone] = _Zone(False, last.rooms if last else {}, asked_at)
-            return
+            return None
         reachable = frozenset(
             r.instance_id for r in reported if r.reachable and r.state == "running"
         )
         with self._lock:
             self._zones[zone] = _Zone(True, {r.vm_type.name: r for r in rooms}, asked_at, reachable)
-        to_end, to_send = self._reconcile(zone, {r.instance_id: r for r in reported})
-        if to_end:
-            try:
-                client.terminate_instances(sorted(to_end))
-            except MalleeError as e:
-                logger.warning(
-                    "terminating %s in %s: %s: %s", sorted(to_end), zone, e.code, e.message
-                )
-        for reservation_id in sorted(to_send):
-            self.dispatch(reservation_id)
+        return reported
 
     def _reconcile(
         self, zone: str, reported: dict[str, ClusterInstance]

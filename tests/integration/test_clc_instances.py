@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from tests.support.guest import MARKER, GuestImage, wait_until
 from tests.support.network import instance_network
 
 WAIT = {"Delay": 1, "MaxAttempts": 180}
+USER_DATA = "#!/bin/sh\necho hello\n"
 
 
 def error_of(call: Callable[[], Any]) -> tuple[str, int]:
@@ -63,13 +64,43 @@ def cloud(
     ncs = [nc_factory(public_bridge="user"), nc_factory(public_bridge="user")]
     cc = cc_factory(scheduler="round-robin")
     register(cc, *ncs)
-    clc = clc_factory(instance_quota=0, public_addresses=["192.0.2.32/29"])
+    clc = clc_factory(instance_quota=0)
     clc.admin("cluster", "add", "zone-a", cc.url)
     return clc, add_guest(clc, guest), ncs
 
 
-def test_instances_run_boot_and_end(cloud: tuple[ClcDaemon, str, list[NcDaemon]]) -> None:
-    clc, emi, ncs = cloud
+@pytest.fixture
+def networked_cloud(
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    clc_factory: Callable[..., ClcDaemon],
+    guest: GuestImage,
+    tmp_path: Path,
+) -> Iterator[tuple[ClcDaemon, str, list[NcDaemon]]]:
+    """As ``cloud``, on a network whose router redirects 169.254.169.254 to the CLC's
+    metadata port, as a cluster's does."""
+    port = free_port()
+    with instance_network(tmp_path, port) as net:
+        ncs = [nc_factory(public_bridge=net.bridge), nc_factory(public_bridge=net.bridge)]
+        cc = cc_factory(scheduler="round-robin")
+        register(cc, *ncs)
+        clc = clc_factory(
+            listen="0.0.0.0",
+            metadata_port=port,
+            private_subnet=net.subnet,
+            instance_quota=0,
+            public_addresses=["192.0.2.32/29"],
+        )
+        clc.admin("cluster", "add", "zone-a", cc.url)
+        yield clc, add_guest(clc, guest), ncs
+
+
+def test_instances_run_boot_and_end(
+    networked_cloud: tuple[ClcDaemon, str, list[NcDaemon]],
+) -> None:
+    """The whole workflow with boto3: keys, groups, two instances with user-data and
+    tags, the waiters, the console, filters, the guest's own metadata, an address."""
+    clc, emi, ncs = networked_cloud
     ec2 = clc.ec2("alice")
     [image] = ec2.describe_images(ImageIds=[emi])["Images"]
     assert (image["ImageType"], image["State"], image["Public"]) == ("machine", "available", True)
@@ -92,7 +123,7 @@ def test_instances_run_boot_and_end(cloud: tuple[ClcDaemon, str, list[NcDaemon]]
         InstanceType="m1.small",
         KeyName="k",
         SecurityGroups=["web"],
-        UserData="#!/bin/sh\necho hello\n",
+        UserData=USER_DATA,
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "w"}]}],
     )
     ids = [i["InstanceId"] for i in reservation["Instances"]]
@@ -106,12 +137,22 @@ def test_instances_run_boot_and_end(cloud: tuple[ClcDaemon, str, list[NcDaemon]]
     assert sorted(len(nc.domains()) for nc in ncs) == [1, 1]
 
     for instance_id in ids:
+        output = ""
 
         def booted(instance_id: str = instance_id) -> bool:
+            nonlocal output
             output = ec2.get_console_output(InstanceId=instance_id).get("Output", "")
             return MARKER in output
 
-        wait_until(booted, 180, f"{MARKER} on the console of {instance_id}")
+        wait_until(booted, 240, f"{MARKER} on the console of {instance_id}")
+        # DHCP gave the address the CLC chose; the CLC knew the guest by it
+        [described] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
+            "Instances"
+        ]
+        assert f"mallee-guest: ip eth0 {described['PrivateIpAddress']}" in output, output
+        assert "mallee-guest: metadata ssh key installed" in output, output
+        assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
+        assert f"mallee-guest: user-data {len(USER_DATA)} bytes" in output, output
 
     tagged = ec2.describe_instances(
         Filters=[
@@ -125,7 +166,7 @@ def test_instances_run_boot_and_end(cloud: tuple[ClcDaemon, str, list[NcDaemon]]
         == []
     )
     user_data = ec2.describe_instance_attribute(InstanceId=ids[0], Attribute="userData")
-    assert base64.b64decode(user_data["UserData"]["Value"]) == b"#!/bin/sh\necho hello\n"
+    assert base64.b64decode(user_data["UserData"]["Value"]).decode() == USER_DATA
     statuses = ec2.describe_instance_status(InstanceIds=ids)["InstanceStatuses"]
     assert {s["InstanceStatus"]["Status"] for s in statuses} == {"ok"}
 
@@ -209,51 +250,3 @@ def test_a_client_token_runs_a_request_once(
     assert sum(len(nc.domains()) for nc in ncs) == 1
     ec2.terminate_instances(InstanceIds=[instance_id])
     ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
-
-
-def test_the_guest_reads_its_own_metadata_from_the_clc(
-    nc_factory: Callable[..., NcDaemon],
-    cc_factory: Callable[..., CcDaemon],
-    clc_factory: Callable[..., ClcDaemon],
-    guest: GuestImage,
-    tmp_path: Path,
-) -> None:
-    """The guest on a network whose router redirects 169.254.169.254 to the CLC's
-    metadata port, as a cluster's does: it gets its address by DHCP, then its key,
-    instance id and user-data from the CLC, which knows it by its source address."""
-    port = free_port()
-    with instance_network(tmp_path, port) as net:
-        nc = nc_factory(public_bridge=net.bridge)
-        cc = cc_factory()
-        register(cc, nc)
-        clc = clc_factory(listen="0.0.0.0", metadata_port=port, private_subnet=net.subnet)
-        clc.admin("cluster", "add", "zone-a", cc.url)
-        emi = add_guest(clc, guest)
-        ec2 = clc.ec2("erin")
-        public_key = (
-            ed25519.Ed25519PrivateKey.generate()
-            .public_key()
-            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        )
-        ec2.import_key_pair(KeyName="k", PublicKeyMaterial=public_key)
-        user_data = b"#!/bin/sh\necho from the user\n"
-        [instance] = ec2.run_instances(
-            ImageId=emi, MinCount=1, MaxCount=1, KeyName="k", UserData=user_data.decode()
-        )["Instances"]
-        instance_id, address = instance["InstanceId"], instance["PrivateIpAddress"]
-        ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
-        output = ""
-
-        def booted() -> bool:
-            nonlocal output
-            # botocore decodes EC2's base64 console output
-            output = ec2.get_console_output(InstanceId=instance_id).get("Output", "")
-            return MARKER in output
-
-        wait_until(booted, 240, f"{MARKER} on the console of {instance_id}")
-        assert f"mallee-guest: ip eth0 {address}" in output, output
-        assert "mallee-guest: metadata ssh key installed" in output, output
-        assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
-        assert f"mallee-guest: user-data {len(user_data)} bytes" in output, output
-        ec2.terminate_instances(InstanceIds=[instance_id])
-        ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)

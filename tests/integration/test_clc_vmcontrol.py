@@ -155,14 +155,20 @@ def test_a_clc_killed_during_run_instances_loses_nothing_and_runs_nothing_twice(
     ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=WAIT)
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_cluster_gone_and_back_is_believed_again(
+    database: str,
     nc_factory: Callable[..., NcDaemon],
     cc_factory: Callable[..., CcDaemon],
     clc_factory: Callable[..., ClcDaemon],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     cc, ncs = zone(nc_factory, cc_factory, 2)
-    clc = clc_factory(instance_types=[SMALL], lost_after_polls=2)
+    settings: dict[str, Any] = {"instance_types": [SMALL], "lost_after_polls": 2}
+    if database == "postgresql":
+        settings["database_url"] = request.getfixturevalue("postgres_database")
+    clc = clc_factory(**settings)
     clc.admin("cluster", "add", "zone-a", cc.url)
     emi = blank_image(clc, tmp_path)
     ec2 = clc.ec2("alice")

@@ -56,7 +56,7 @@ class StandInCc(CcClient):
 def cloud(tmp_path: Path) -> tuple[Ec2Frontend, users.Credentials, users.Credentials, str]:
     url = f"sqlite:///{tmp_path / 'clc.db'}"
     db.migrate(url)
-    sessions = db.sessions(db.engine_for(url))
+    sessions = db.sessions_for(url)
     config = ClcConfig(
         image_dir=str(tmp_path / "images"), instance_quota=0, public_addresses=["192.0.2.8/30"]
     )
@@ -64,7 +64,7 @@ def cloud(tmp_path: Path) -> tuple[Ec2Frontend, users.Credentials, users.Credent
     cloud = build_cloud(config, sessions, lambda _url: cc, "https://clc", Metrics("test"))
     disk = tmp_path / "disk.raw"
     disk.write_bytes(b"\0" * 4096)
-    with sessions.begin() as session:
+    with sessions.write.begin() as session:
         user = users.create_user(session, "alice")
         admin = users.create_user(session, "root", admin=True)
         for name in ("alice", "root"):
@@ -204,7 +204,7 @@ def test_another_user_neither_sees_nor_uses_what_is_not_theirs(
     cloud: tuple[Ec2Frontend, users.Credentials, users.Credentials, str],
 ) -> None:
     frontend, alice, root, location = cloud
-    with frontend.sessions.begin() as session:
+    with frontend.sessions.write.begin() as session:
         bob = users.create_user(session, "bob")
 
     def ok(caller: users.Credentials, action: str, **params: Any) -> dict[str, Any]:

@@ -66,8 +66,8 @@ def unreachable_cc(url: str) -> CcClient:
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> tuple[Ec2Frontend, users.Credentials]:
     url = f"sqlite:///{tmp_path_factory.mktemp('clc') / 'clc.db'}"
     db.migrate(url)
-    sessions = db.sessions(db.engine_for(url))
-    with sessions.begin() as session:
+    sessions = db.sessions_for(url)
+    with sessions.write.begin() as session:
         credentials = users.create_user(session, "fuzzer")
     config = ClcConfig(
         instance_types=["m1.small 1 128 2"],

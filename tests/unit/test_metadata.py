@@ -34,10 +34,10 @@ def guest(tmp_path: Path) -> flask.testing.FlaskClient:
     """The metadata app, with one running instance at ADDRESS (key, group, user-data)."""
     url = f"sqlite:///{tmp_path / 'clc.db'}"
     db.migrate(url)
-    sessions = db.sessions(db.engine_for(url))
+    sessions = db.sessions_for(url)
     config = ClcConfig(image_dir=str(tmp_path / "images"))
     cloud = build_cloud(config, sessions, no_cluster, "https://clc", Metrics("test"))
-    with sessions.begin() as session:
+    with sessions.write.begin() as session:
         users.create_user(session, "alice")
         caller = users.Caller("alice", admin=False)
         key = keypairs.create(session, caller, "laptop").record

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -260,7 +262,9 @@ def test_recovery_keeps_running_and_cleans_the_rest(
     (nc.store.root / "lost+found").mkdir()
     orphan = new(image)
     kept_xml = (nc.store.directory(kept.instance_id) / "domain.xml").read_text()
-    nc.hypervisor.start(kept_xml.replace(kept.instance_id, orphan.instance_id))
+    [kept_uuid] = re.findall(r"<uuid>([^<]+)</uuid>", kept_xml)
+    orphan_xml = kept_xml.replace(kept.instance_id, orphan.instance_id)
+    nc.hypervisor.start(orphan_xml.replace(kept_uuid, str(uuid.uuid4())))
 
     restarted = NodeController(config)
 
