@@ -10,6 +10,7 @@ not in the table is ``InvalidAction``.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -468,9 +469,13 @@ def _listed(ctx: Context, params: dict[str, Any], ids_param: str) -> list[Instan
     if ids and "MaxResults" in params:
         raise Ec2Error("InvalidParameterCombination", f"{ids_param} cannot be used with MaxResults")
     records = instances.visible(ctx.db, ctx.caller, ids, ctx.cloud.config.terminated_visible_s)
-    tagged = tags.of_all(ctx.db, [r.instance_id for r in records])
+
+    @functools.cache  # read only when a filter asks for tags
+    def tagged() -> dict[str, dict[str, str]]:
+        return tags.of_all(ctx.db, [r.instance_id for r in records])
+
     return filters.apply(
-        records, params.get("Filters", []), INSTANCE_FILTERS, lambda r: tagged[r.instance_id]
+        records, params.get("Filters", []), INSTANCE_FILTERS, lambda r: tagged()[r.instance_id]
     )
 
 

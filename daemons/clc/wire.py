@@ -203,15 +203,21 @@ def _scalar(shape: Shape, key: str, text: str) -> Any:
 
 def serialize_response(model: OperationModel, output: Mapping[str, Any], request_id: str) -> bytes:
     """EC2's XML for the operation's output: ``<{Action}Response>`` in EC2's namespace
-    with ``requestId``, or ``<return>true</return>`` for operations without output."""
-    root = ElementTree.Element(f"{model.name}Response", xmlns=NAMESPACE)
-    _text(ElementTree.SubElement(root, "requestId"), request_id)
+    with ``requestId``, or ``<return>true</return>`` for operations without output.
+    Written as text straight from the shapes (no element tree): a listing of a thousand
+    instances is a hundred thousand elements."""
+    out = [
+        "<?xml version='1.0' encoding='utf-8'?>\n",
+        f'<{model.name}Response xmlns="{NAMESPACE}">',
+        f"<requestId>{_escaped(request_id)}</requestId>",
+    ]
     shape = model.output_shape
     if shape is None:
-        ElementTree.SubElement(root, "return").text = "true"
+        out.append("<return>true</return>")
     else:
-        _serialize_members(root, shape, output)
-    return _document(root)
+        _serialize_members(out, shape, output)
+    out.append(f"</{model.name}Response>")
+    return "".join(out).encode("utf-8")
 
 
 def serialize_error(code: str, message: str, request_id: str) -> bytes:
@@ -221,7 +227,8 @@ def serialize_error(code: str, message: str, request_id: str) -> bytes:
     _text(ElementTree.SubElement(error, "Code"), code)
     _text(ElementTree.SubElement(error, "Message"), message)
     _text(ElementTree.SubElement(root, "RequestID"), request_id)
-    return _document(root)
+    document: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document
 
 
 def _text(node: ElementTree.Element, text: str) -> None:
@@ -229,38 +236,47 @@ def _text(node: ElementTree.Element, text: str) -> None:
     node.text = _NOT_XML.sub("\ufffd", text)
 
 
-def _document(root: ElementTree.Element) -> bytes:
-    document: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
-    return document
+def _escaped(text: str) -> str:
+    """``text`` as XML character data: what XML cannot carry replaced by U+FFFD."""
+    if not (text.isascii() and text.isprintable()):  # most text is: skip the search
+        text = _NOT_XML.sub("\ufffd", text)
+    if "&" in text or "<" in text or ">" in text:
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text
 
 
-def _serialize_members(parent: ElementTree.Element, shape: Shape, value: Mapping[str, Any]) -> None:
+def _serialize_members(out: list[str], shape: Shape, value: Mapping[str, Any]) -> None:
+    members = shape.members
     for member, member_value in value.items():
         if member_value is None:
             continue
-        member_shape = shape.members.get(member)
+        member_shape = members.get(member)
         if member_shape is None:
             raise KeyError(f"{shape.name} has no member {member}")  # a bug of ours
         name = member_shape.serialization.get("name", member)
-        _serialize(ElementTree.SubElement(parent, name), member_shape, member_value)
+        out.append(f"<{name}>")
+        _serialize(out, member_shape, member_value)
+        out.append(f"</{name}>")
 
 
-def _serialize(node: ElementTree.Element, shape: Shape, value: Any) -> None:
+def _serialize(out: list[str], shape: Shape, value: Any) -> None:
     kind = shape.type_name
     if kind == "structure":
-        _serialize_members(node, shape, value)
+        _serialize_members(out, shape, value)
     elif kind == "list":
         item = shape.member.serialization.get("name", "item")
         for entry in value:
-            _serialize(ElementTree.SubElement(node, item), shape.member, entry)
+            out.append(f"<{item}>")
+            _serialize(out, shape.member, entry)
+            out.append(f"</{item}>")
     elif kind == "boolean":
-        node.text = "true" if value else "false"
+        out.append("true" if value else "false")
     elif kind == "timestamp":
-        node.text = _timestamp(value)
+        out.append(_timestamp(value))
     elif kind == "blob":
-        node.text = base64.b64encode(value).decode("ascii")
+        out.append(base64.b64encode(value).decode("ascii"))
     else:
-        _text(node, str(value))
+        out.append(_escaped(str(value)))
 
 
 def _timestamp(value: datetime) -> str:
