@@ -245,18 +245,28 @@ def _escaped(text: str) -> str:
     return text
 
 
+@functools.cache
+def _members_of(shape: Shape) -> dict[str, tuple[str, str, Shape]]:
+    """A structure's members: each one's opening and closing tag and its shape."""
+    tags = {}
+    for member, member_shape in shape.members.items():
+        name = member_shape.serialization.get("name", member)
+        tags[member] = (f"<{name}>", f"</{name}>", member_shape)
+    return tags
+
+
 def _serialize_members(out: list[str], shape: Shape, value: Mapping[str, Any]) -> None:
-    members = shape.members
+    members = _members_of(shape)
     for member, member_value in value.items():
         if member_value is None:
             continue
-        member_shape = members.get(member)
-        if member_shape is None:
+        found = members.get(member)
+        if found is None:
             raise KeyError(f"{shape.name} has no member {member}")  # a bug of ours
-        name = member_shape.serialization.get("name", member)
-        out.append(f"<{name}>")
+        opening, closing, member_shape = found
+        out.append(opening)
         _serialize(out, member_shape, member_value)
-        out.append(f"</{name}>")
+        out.append(closing)
 
 
 def _serialize(out: list[str], shape: Shape, value: Any) -> None:
