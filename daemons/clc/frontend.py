@@ -101,7 +101,8 @@ class Ec2Frontend:
         """One transaction from the signature check to the action's last write: a
         refusal anywhere rolls all of it back."""
         action = request.params.get("Action", "")
-        read_only = action.startswith(("Describe", "Get"))  # EC2's names say which write
+        # EC2's names say which actions write; a reboot only asks the instances' CCs
+        read_only = action.startswith(("Describe", "Get")) or action == "RebootInstances"
         with (self.sessions.read if read_only else self.sessions.write).begin() as db:
             key_id = auth.signer_of(
                 request,

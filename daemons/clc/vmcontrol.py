@@ -262,14 +262,15 @@ class VmControl:
     def _accepted(self, ids: list[str], placed: list[ClusterInstance]) -> None:
         reported = {p.instance_id: p for p in placed}
         with self.sessions.begin() as db:
-            for instance_id in ids:
-                db.execute(
-                    update(Instance)
-                    .where(Instance.instance_id == instance_id)
-                    .values(dispatch="accepted", missing_polls=0)
-                )
-                if (seen := reported.get(instance_id)) is not None:
-                    self._apply(db, instance_id, seen)
+            for record in db.scalars(select(Instance).where(Instance.instance_id.in_(ids))):
+                if (seen := reported.get(record.instance_id)) is not None:
+                    self._apply(db, record, seen)
+                elif record.dispatch != "accepted":
+                    db.execute(
+                        update(Instance)
+                        .where(Instance.instance_id == record.instance_id)
+                        .values(dispatch="accepted", missing_polls=0)
+                    )
 
     # -- ending instances ---------------------------------------------------------------
 
@@ -404,7 +405,7 @@ class VmControl:
             for instance_id, record in records.items():
                 seen = reported.get(instance_id)
                 if seen is not None:
-                    self._apply(db, instance_id, seen)
+                    self._apply(db, record, seen)
                     if record.state == "shutting-down" and seen.state != "terminated":
                         to_end.add(instance_id)
                     elif self._lease_over(record):
@@ -448,16 +449,20 @@ class VmControl:
                 to_end |= unknown
         return to_end, to_send
 
-    def _apply(self, db: Session, instance_id: str, seen: ClusterInstance) -> None:
-        """What a CC reported of an instance the records hold."""
-        db.execute(
-            update(Instance)
-            .where(Instance.instance_id == instance_id)
-            .values(node=seen.node, missing_polls=0, dispatch="accepted")
-        )
-        if seen.state == "running":
+    def _apply(self, db: Session, record: Instance, seen: ClusterInstance) -> None:
+        """What a CC reported of an instance the records hold (``record``, as this
+        transaction read it). Only what changed is written: a poll that finds all as it
+        was writes nothing, and holds SQLite's write lock for no time."""
+        instance_id = record.instance_id
+        if (record.node, record.missing_polls, record.dispatch) != (seen.node, 0, "accepted"):
+            db.execute(
+                update(Instance)
+                .where(Instance.instance_id == instance_id)
+                .values(node=seen.node, missing_polls=0, dispatch="accepted")
+            )
+        if seen.state == "running" and record.state == "pending":
             self._move(db, instance_id, ("pending",), "running")
-        elif seen.state == "terminated":
+        elif seen.state == "terminated" and record.state in LIVE:
             if self._end(db, instance_id, ("shutting-down",)):
                 return
             reason = seen.reason or "Server.InternalError: the instance ended"
