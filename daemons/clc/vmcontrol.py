@@ -55,6 +55,17 @@ from mallee.common.rpc import Unreachable
 logger = logging.getLogger(__name__)
 
 LIVE = ("pending", "running", "shutting-down")
+# What reconciling a record reads of it.
+RECONCILED = (
+    Instance.instance_id,
+    Instance.reservation_id,
+    Instance.zone,
+    Instance.state,
+    Instance.node,
+    Instance.missing_polls,
+    Instance.dispatch,
+    Instance.lease_ends_at,
+)
 
 
 def now() -> datetime:
@@ -396,10 +407,11 @@ class VmControl:
         with self._lock:
             in_flight = set(self._in_flight)
         with self.sessions.begin() as db:
+            # plain rows, not ORM objects: a zone may hold thousands, polled every few s
             records = {
                 r.instance_id: r
-                for r in db.scalars(
-                    select(Instance).where(Instance.zone == zone, Instance.state.in_(LIVE))
+                for r in db.execute(
+                    select(*RECONCILED).where(Instance.zone == zone, Instance.state.in_(LIVE))
                 )
             }
             for instance_id, record in records.items():
@@ -449,7 +461,7 @@ class VmControl:
                 to_end |= unknown
         return to_end, to_send
 
-    def _apply(self, db: Session, record: Instance, seen: ClusterInstance) -> None:
+    def _apply(self, db: Session, record: Any, seen: ClusterInstance) -> None:
         """What a CC reported of an instance the records hold (``record``, as this
         transaction read it). Only what changed is written: a poll that finds all as it
         was writes nothing, and holds SQLite's write lock for no time."""
@@ -470,7 +482,7 @@ class VmControl:
                 logger.warning("%s ended on its node: %s", instance_id, reason)
                 self.metrics.count("clc_disagreements", kind="ended_by_cluster")
 
-    def _missing(self, db: Session, record: Instance) -> None:
+    def _missing(self, db: Session, record: Any) -> None:
         """A record its CC took and does not list now."""
         missing = record.missing_polls + 1
         if missing < self.config.lost_after_polls:
@@ -485,13 +497,13 @@ class VmControl:
             logger.warning("%s is lost: %s", record.instance_id, reason)
             self.metrics.count("clc_disagreements", kind="lost")
 
-    def _lease_over(self, record: Instance) -> bool:
+    def _lease_over(self, record: Any) -> bool:
         ends = record.lease_ends_at
         if ends is None or record.state not in ("pending", "running"):
             return False
         if ends.tzinfo is None:  # SQLite hands back naive datetimes
             ends = ends.replace(tzinfo=UTC)
-        return ends <= now()
+        return bool(ends <= now())
 
     @staticmethod
     def _move(

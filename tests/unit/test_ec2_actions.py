@@ -159,7 +159,13 @@ def test_every_action_answers_what_botocore_reads(
 
     ok("DeleteKeyPair", KeyName="made")
     ok("DeregisterImage", ImageId=emi, caller=root)
-    frontend.cloud.vmcontrol.poll()
+
+    def ended() -> bool:  # the terminate reaches the CC in the background; a poll sees it
+        frontend.cloud.vmcontrol.poll()
+        answer = ok("DescribeInstances", InstanceIds=ids)["Reservations"][0]["Instances"]
+        return all(i["State"]["Name"] == "terminated" for i in answer)
+
+    wait_until(ended, 10, "the instances to end")
     ok("DeleteSecurityGroup", GroupName="web")
     assert called == set(ACTIONS), f"not called: {sorted(set(ACTIONS) - called)}"
 
