@@ -154,8 +154,8 @@ def test_every_action_answers_what_botocore_reads(
     assert base64.b64decode(console) == b"MALLEE-BOOT-OK\n"  # EC2's base64
     status, refused = call(frontend, alice, "DeleteSecurityGroup", GroupName="web")
     assert (status, refused["Error"]["Code"]) == (400, "DependencyViolation")  # in use
-    ended = ok("TerminateInstances", InstanceIds=ids)["TerminatingInstances"]
-    assert [e["CurrentState"]["Name"] for e in ended] == ["shutting-down"] * 2
+    ending = ok("TerminateInstances", InstanceIds=ids)["TerminatingInstances"]
+    assert [e["CurrentState"]["Name"] for e in ending] == ["shutting-down"] * 2
 
     ok("DeleteKeyPair", KeyName="made")
     ok("DeregisterImage", ImageId=emi, caller=root)
