@@ -112,7 +112,7 @@ def mallee(workdir: Path, pki: Pki, calls: int) -> dict[str, float]:
         clc.admin("cluster", "add", "zone-a", cc.url)
         disk = workdir / "blank.raw"
         disk.write_bytes(b"\0" * (1 << 20))
-        emi = clc.admin("image", "add", "blank", "--disk", str(disk)).split("\t")[0]
+        emi = clc.add_disk("blank", disk)
         ec2 = clc.ec2("bench")
         ids: list[str] = []
         for _ in range(INSTANCES // BATCH):

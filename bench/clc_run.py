@@ -71,21 +71,7 @@ class Cloud:
         self.cc.client.call("POST", "/v1/nodes", {"name": self.nc.name, "url": self.nc.url})
         self.clc.admin("cluster", "add", "zone-a", self.cc.url)
         files = guest.build()
-        self.emi = (
-            self.clc.admin(
-                "image",
-                "add",
-                "ttylinux",
-                "--root",
-                str(files / "root.img"),
-                "--kernel",
-                str(files / "vmlinuz"),
-                "--ramdisk",
-                str(files / "initrd.img"),
-            )
-            .splitlines()[-1]
-            .split("\t")[0]
-        )
+        self.emi = self.clc.add_image("ttylinux", files)
         bundle = workdir / "alice"
         self.clc.admin("user", "create", "alice", "--bundle", str(bundle))
         self.env = {

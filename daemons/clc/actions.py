@@ -575,12 +575,17 @@ def describe_instance_attribute(ctx: Context, params: dict[str, Any]) -> dict[st
             "InstanceInitiatedShutdownBehavior": {"Value": "terminate"}
         },
     }
+    return {"InstanceId": r.instance_id, **_attribute(attribute, values)}
+
+
+def _attribute(attribute: str, values: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, Any]:
+    """The answer for one of a resource's attributes, each made only when asked."""
     if attribute not in values:
         raise Ec2Error(
             "InvalidParameterValue",
             f"Attribute {attribute}: mallee answers {', '.join(values)}",
         )
-    return {"InstanceId": r.instance_id, **values[attribute]()}
+    return values[attribute]()
 
 
 # -- images -----------------------------------------------------------------------------
@@ -703,12 +708,7 @@ def describe_image_attribute(ctx: Context, params: dict[str, Any]) -> dict[str, 
         "productCodes": lambda: {"ProductCodes": []},
         "blockDeviceMapping": lambda: {"BlockDeviceMappings": []},
     }
-    if attribute not in values:
-        raise Ec2Error(
-            "InvalidParameterValue",
-            f"Attribute {attribute}: mallee answers {', '.join(values)}",
-        )
-    return {"ImageId": image.image_id, **values[attribute]()}
+    return {"ImageId": image.image_id, **_attribute(attribute, values)}
 
 
 # -- elastic addresses ------------------------------------------------------------------

@@ -18,10 +18,12 @@ import pytest
 from tests.support import daemons
 from tests.support import guest as guest_image
 from tests.support import postgres as postgres_server
-from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki
+from tests.support.cluster import register
+from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki, free_port
 from tests.support.guest import GuestImage
 from tests.support.http import serve_directory
 from tests.support.kvm import make_kvm_usable_by_qemu
+from tests.support.network import instance_network
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -113,6 +115,33 @@ def guest() -> Iterator[GuestImage]:
     directory = guest_image.build()
     with serve_directory(directory) as server:
         yield guest_image.published(directory, server.url)
+
+
+@pytest.fixture
+def networked_cloud(
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    clc_factory: Callable[..., ClcDaemon],
+    guest: GuestImage,
+    tmp_path: Path,
+) -> Iterator[tuple[ClcDaemon, str, list[NcDaemon]]]:
+    """A CLC with one zone of two real NCs (round-robin) and the tiny guest registered
+    (its emi id), on a network whose router redirects 169.254.169.254 to the CLC's
+    metadata port, as a cluster's does; addresses 192.0.2.33 to .38 to allocate."""
+    port = free_port()
+    with instance_network(tmp_path, port) as net:
+        ncs = [nc_factory(public_bridge=net.bridge), nc_factory(public_bridge=net.bridge)]
+        cc = cc_factory(scheduler="round-robin")
+        register(cc, *ncs)
+        clc = clc_factory(
+            listen="0.0.0.0",
+            metadata_port=port,
+            private_subnet=net.subnet,
+            instance_quota=0,
+            public_addresses=["192.0.2.32/29"],
+        )
+        clc.admin("cluster", "add", "zone-a", cc.url)
+        yield clc, clc.add_image("ttylinux", guest.directory), ncs
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_nodes_through_their_cc_and_any_users_instances(
     wait_until(lambda: "\tup\t" in clc.admin("node", "list", "zone-a"), 30, "the node to be up")
     disk = tmp_path / "blank.raw"
     disk.write_bytes(b"\0" * (1 << 20))
-    emi = clc.admin("image", "add", "blank", "--disk", str(disk)).split("\t")[0]
+    emi = clc.add_disk("blank", disk)
     ec2 = clc.ec2("carol")
     [instance] = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
     instance_id = instance["InstanceId"]

@@ -1,25 +1,21 @@
 """A whole EC2 workflow with both aws CLIs, unmodified: Debian's v2 (/usr/bin/aws) and
 PyPI's v1 (in its own virtual environment, made by tools/prepare-host), against a real
 `mallee-clc`, `mallee-cc` and two `mallee-nc` booting the tiny guest under TCG on a
-network whose router redirects 169.254.169.254 to the CLC."""
+network whose router redirects 169.254.169.254 to the CLC (``networked_cloud``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from tests.support.cluster import register
-from tests.support.daemons import REPO, CcDaemon, ClcDaemon, NcDaemon, free_port
-from tests.support.guest import MARKER, GuestImage, wait_until
-from tests.support.network import instance_network
+from tests.support.daemons import REPO, ClcDaemon, NcDaemon
+from tests.support.ec2 import new_public_key
+from tests.support.guest import MARKER, wait_until
 
 CLIS = {
     "v2": Path("/usr/bin/aws"),  # Debian's awscli
@@ -55,119 +51,84 @@ class Aws:
 @pytest.mark.parametrize("version", sorted(CLIS))
 def test_a_whole_workflow_with_the_aws_cli(
     version: str,
-    nc_factory: Callable[..., NcDaemon],
-    cc_factory: Callable[..., CcDaemon],
-    clc_factory: Callable[..., ClcDaemon],
-    guest: GuestImage,
+    networked_cloud: tuple[ClcDaemon, str, list[NcDaemon]],
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    with instance_network(tmp_path, port) as net:
-        ncs = [nc_factory(public_bridge=net.bridge), nc_factory(public_bridge=net.bridge)]
-        cc = cc_factory(scheduler="round-robin")
-        register(cc, *ncs)
-        clc = clc_factory(
-            listen="0.0.0.0",
-            metadata_port=port,
-            private_subnet=net.subnet,
-            public_addresses=["198.51.100.10-198.51.100.12"],
-        )
-        clc.admin("cluster", "add", "zone-a", cc.url)
-        d = guest.directory
-        emi = (
-            clc.admin(
-                "image",
-                "add",
-                "ttylinux",
-                "--root",
-                str(d / "root.img"),
-                "--kernel",
-                str(d / "vmlinuz"),
-                "--ramdisk",
-                str(d / "initrd.img"),
-            )
-            .splitlines()[-1]
-            .split("\t")[0]
-        )
-        clc.admin("user", "create", "alice", "--bundle", str(tmp_path / "alice"))
-        aws = Aws(CLIS[version], tmp_path / "alice", clc.url)
+    clc, emi, ncs = networked_cloud
+    clc.admin("user", "create", "alice", "--bundle", str(tmp_path / "alice"))
+    aws = Aws(CLIS[version], tmp_path / "alice", clc.url)
+    key = tmp_path / "key.pub"
+    key.write_bytes(new_public_key())
+    aws("import-key-pair", "--key-name", "k", "--public-key-material", f"fileb://{key}")
+    aws("create-security-group", "--group-name", "ssh", "--description", "ssh in")
+    aws(
+        "authorize-security-group-ingress",
+        "--group-name",
+        "ssh",
+        "--protocol",
+        "tcp",
+        "--port",
+        "22",
+        "--cidr",
+        "0.0.0.0/0",
+    )
+    user_data = "#!/bin/sh\necho hello from the aws CLI\n"
+    ran = aws(
+        "run-instances",
+        "--image-id",
+        emi,
+        "--count",
+        "2",
+        "--instance-type",
+        "m1.small",
+        "--key-name",
+        "k",
+        "--security-groups",
+        "ssh",
+        "--user-data",
+        user_data,
+        "--tag-specifications",
+        "ResourceType=instance,Tags=[{Key=Name,Value=web}]",
+    )
+    ids = [i["InstanceId"] for i in ran["Instances"]]
+    aws("wait", "instance-running", "--instance-ids", *ids)
+    assert sorted(len(nc.domains()) for nc in ncs) == [1, 1]
 
-        key = tmp_path / "key.pub"
-        key.write_bytes(
-            ed25519.Ed25519PrivateKey.generate()
-            .public_key()
-            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        )
-        aws("import-key-pair", "--key-name", "k", "--public-key-material", f"fileb://{key}")
-        aws("create-security-group", "--group-name", "ssh", "--description", "ssh in")
-        aws(
-            "authorize-security-group-ingress",
-            "--group-name",
-            "ssh",
-            "--protocol",
-            "tcp",
-            "--port",
-            "22",
-            "--cidr",
-            "0.0.0.0/0",
-        )
-        user_data = "#!/bin/sh\necho hello from the aws CLI\n"
-        ran = aws(
-            "run-instances",
-            "--image-id",
-            emi,
-            "--count",
-            "2",
-            "--instance-type",
-            "m1.small",
-            "--key-name",
-            "k",
-            "--security-groups",
-            "ssh",
-            "--user-data",
-            user_data,
-            "--tag-specifications",
-            "ResourceType=instance,Tags=[{Key=Name,Value=web}]",
-        )
-        ids = [i["InstanceId"] for i in ran["Instances"]]
-        aws("wait", "instance-running", "--instance-ids", *ids)
-        assert sorted(len(nc.domains()) for nc in ncs) == [1, 1]
+    for instance_id in ids:
+        output = ""
 
-        for instance_id in ids:
-            output = ""
+        def booted(instance_id: str = instance_id) -> bool:
+            nonlocal output
+            answer = aws("get-console-output", "--instance-id", instance_id)
+            output = answer.get("Output", "")  # both CLIs decode EC2's base64
+            return MARKER in output
 
-            def booted(instance_id: str = instance_id) -> bool:
-                nonlocal output
-                answer = aws("get-console-output", "--instance-id", instance_id)
-                output = answer.get("Output", "")  # both CLIs decode EC2's base64
-                return MARKER in output
+        wait_until(booted, 240, f"{MARKER} on the console of {instance_id}")
+        assert "mallee-guest: metadata ssh key installed" in output, output
+        assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
+        assert f"mallee-guest: user-data {len(user_data)} bytes" in output, output
 
-            wait_until(booted, 240, f"{MARKER} on the console of {instance_id}")
-            assert "mallee-guest: metadata ssh key installed" in output, output
-            assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
-            assert f"mallee-guest: user-data {len(user_data)} bytes" in output, output
+    found = aws(
+        "describe-instances",
+        "--filters",
+        "Name=tag:Name,Values=web",
+        "Name=instance-state-name,Values=running",
+    )
+    assert sorted(i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]) == (
+        sorted(ids)
+    )
+    address = aws("allocate-address")
+    assert address["PublicIp"] == "192.0.2.33"
+    aws("associate-address", "--instance-id", ids[0], "--public-ip", address["PublicIp"])
+    [listed] = aws("describe-addresses")["Addresses"]
+    assert listed["InstanceId"] == ids[0]
+    aws("disassociate-address", "--public-ip", address["PublicIp"])
+    aws("release-address", "--public-ip", address["PublicIp"])
+    assert aws("describe-addresses")["Addresses"] == []
 
-        found = aws(
-            "describe-instances",
-            "--filters",
-            "Name=tag:Name,Values=web",
-            "Name=instance-state-name,Values=running",
-        )
-        assert sorted(i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]) == (
-            sorted(ids)
-        )
-        address = aws("allocate-address")
-        assert address["PublicIp"] == "198.51.100.10"
-        aws("associate-address", "--instance-id", ids[0], "--public-ip", address["PublicIp"])
-        [listed] = aws("describe-addresses")["Addresses"]
-        assert listed["InstanceId"] == ids[0]
-        aws("disassociate-address", "--public-ip", address["PublicIp"])
-        aws("release-address", "--public-ip", address["PublicIp"])
-        assert aws("describe-addresses")["Addresses"] == []
-
-        aws("terminate-instances", "--instance-ids", *ids)
-        aws("wait", "instance-terminated", "--instance-ids", *ids)
-        wait_until(lambda: not any(nc.domains() for nc in ncs), 60, "the domains to go")
-        aws("delete-security-group", "--group-name", "ssh")
-        aws("delete-key-pair", "--key-name", "k")
-        assert aws("describe-key-pairs")["KeyPairs"] == []
+    aws("terminate-instances", "--instance-ids", *ids)
+    aws("wait", "instance-terminated", "--instance-ids", *ids)
+    wait_until(lambda: not any(nc.domains() for nc in ncs), 60, "the domains to go")
+    aws("delete-security-group", "--group-name", "ssh")
+    aws("delete-key-pair", "--key-name", "k")
+    assert aws("describe-key-pairs")["KeyPairs"] == []

@@ -5,19 +5,16 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.support.cluster import register
-from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, free_port
+from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon
+from tests.support.ec2 import new_public_key
 from tests.support.guest import MARKER, GuestImage, wait_until
-from tests.support.network import instance_network
 
 WAIT = {"Delay": 1, "MaxAttempts": 180}
 USER_DATA = "#!/bin/sh\necho hello\n"
@@ -28,24 +25,6 @@ def error_of(call: Callable[[], Any]) -> tuple[str, int]:
         call()
     response = caught.value.response
     return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def add_guest(clc: ClcDaemon, guest: GuestImage) -> str:
-    """The tiny guest as the cloud's image (kernel, ramdisk, root); its emi id."""
-    d = guest.directory
-    out = clc.admin(
-        "image",
-        "add",
-        "ttylinux",
-        "--root",
-        str(d / "root.img"),
-        "--kernel",
-        str(d / "vmlinuz"),
-        "--ramdisk",
-        str(d / "initrd.img"),
-    )
-    [machine] = [line.split("\t")[0] for line in out.splitlines() if "\tmachine\t" in line]
-    return machine
 
 
 def states(ec2: Any, *ids: str) -> list[str]:
@@ -66,33 +45,7 @@ def cloud(
     register(cc, *ncs)
     clc = clc_factory(instance_quota=0)
     clc.admin("cluster", "add", "zone-a", cc.url)
-    return clc, add_guest(clc, guest), ncs
-
-
-@pytest.fixture
-def networked_cloud(
-    nc_factory: Callable[..., NcDaemon],
-    cc_factory: Callable[..., CcDaemon],
-    clc_factory: Callable[..., ClcDaemon],
-    guest: GuestImage,
-    tmp_path: Path,
-) -> Iterator[tuple[ClcDaemon, str, list[NcDaemon]]]:
-    """As ``cloud``, on a network whose router redirects 169.254.169.254 to the CLC's
-    metadata port, as a cluster's does."""
-    port = free_port()
-    with instance_network(tmp_path, port) as net:
-        ncs = [nc_factory(public_bridge=net.bridge), nc_factory(public_bridge=net.bridge)]
-        cc = cc_factory(scheduler="round-robin")
-        register(cc, *ncs)
-        clc = clc_factory(
-            listen="0.0.0.0",
-            metadata_port=port,
-            private_subnet=net.subnet,
-            instance_quota=0,
-            public_addresses=["192.0.2.32/29"],
-        )
-        clc.admin("cluster", "add", "zone-a", cc.url)
-        yield clc, add_guest(clc, guest), ncs
+    return clc, clc.add_image("ttylinux", guest.directory), ncs
 
 
 def test_instances_run_boot_and_end(
@@ -106,11 +59,7 @@ def test_instances_run_boot_and_end(
     assert (image["ImageType"], image["State"], image["Public"]) == ("machine", "available", True)
     assert image["KernelId"].startswith("eki-") and image["RamdiskId"].startswith("eri-")
 
-    public_key = (
-        ed25519.Ed25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    )
+    public_key = new_public_key()
     ec2.import_key_pair(KeyName="k", PublicKeyMaterial=public_key)
     ec2.create_security_group(GroupName="web", Description="web servers")
     ec2.authorize_security_group_ingress(

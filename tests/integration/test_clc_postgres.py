@@ -19,14 +19,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 
 from mallee.clc import db
 from tests.support import postgres as pg
 from tests.support.daemons import ClcDaemon
+from tests.support.ec2 import new_public_key
 
 # --- migrations ---------------------------------------------------------------------
 
@@ -115,11 +114,6 @@ def code_of(call: Callable[[], Any]) -> str:
     with pytest.raises(ClientError) as caught:
         call()
     return str(caught.value.response["Error"]["Code"])
-
-
-def new_public_key() -> bytes:
-    public = ed25519.Ed25519PrivateKey.generate().public_key()
-    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
 
 
 def everything(ec2: Any) -> dict[str, Any]:

@@ -40,8 +40,15 @@ def blank_image(clc: ClcDaemon, folder: Path) -> str:
     folder.mkdir(exist_ok=True)
     disk = folder / "blank.raw"
     disk.write_bytes(b"\0" * (1 << 20))
-    out = clc.admin("image", "add", "blank", "--disk", str(disk))
-    return out.split("\t")[0]
+    return clc.add_disk("blank", disk)
+
+
+def database_of(database: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The CLC's setting for a test on ``database``: SQLite (its default), or a new
+    database on the session's PostgreSQL server."""
+    if database == "postgresql":
+        return {"database_url": request.getfixturevalue("postgres_database")}
+    return {}
 
 
 def zones_of(ec2: Any, ids: list[str]) -> list[str]:
@@ -130,10 +137,7 @@ def test_a_clc_killed_during_run_instances_loses_nothing_and_runs_nothing_twice(
 ) -> None:
     cc, ncs = zone(nc_factory, cc_factory, 2, 2)
     settings: dict[str, Any] = {"instance_types": [SMALL]}
-    if database == "postgresql":
-        settings["database_url"] = request.getfixturevalue("postgres_database")
-    clc = clc_factory(**settings)
-    settings.pop("database_url", None)
+    clc = clc_factory(**settings, **database_of(database, request))
     clc.admin("cluster", "add", "zone-a", cc.url)
     emi = blank_image(clc, tmp_path)
     ec2 = clc.ec2("alice")
@@ -165,10 +169,7 @@ def test_a_cluster_gone_and_back_is_believed_again(
     request: pytest.FixtureRequest,
 ) -> None:
     cc, ncs = zone(nc_factory, cc_factory, 2)
-    settings: dict[str, Any] = {"instance_types": [SMALL], "lost_after_polls": 2}
-    if database == "postgresql":
-        settings["database_url"] = request.getfixturevalue("postgres_database")
-    clc = clc_factory(**settings)
+    clc = clc_factory(instance_types=[SMALL], lost_after_polls=2, **database_of(database, request))
     clc.admin("cluster", "add", "zone-a", cc.url)
     emi = blank_image(clc, tmp_path)
     ec2 = clc.ec2("alice")

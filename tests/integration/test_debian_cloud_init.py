@@ -11,11 +11,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from tests.support.cluster import register
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, free_port
+from tests.support.ec2 import new_public_key
 from tests.support.guest import build_debian, wait_until
 from tests.support.network import instance_network
 
@@ -44,28 +42,9 @@ def test_debians_cloud_init_finds_the_cloud(
             instance_types=["d1.small 1 512 2"],
         )
         clc.admin("cluster", "add", "zone-a", cc.url)
-        emi = (
-            clc.admin(
-                "image",
-                "add",
-                "debian-12",
-                "--root",
-                str(image / "root.img"),
-                "--kernel",
-                str(image / "vmlinuz"),
-                "--ramdisk",
-                str(image / "initrd.img"),
-            )
-            .splitlines()[-1]
-            .split("\t")[0]
-        )
+        emi = clc.add_image("debian-12", image)
         ec2 = clc.ec2("alice")
-        public_key = (
-            ed25519.Ed25519PrivateKey.generate()
-            .public_key()
-            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-            .decode()
-        )
+        public_key = new_public_key().decode()
         ec2.import_key_pair(KeyName="k", PublicKeyMaterial=public_key.encode())
         [instance] = ec2.run_instances(
             ImageId=emi, MinCount=1, MaxCount=1, KeyName="k", UserData=USER_DATA

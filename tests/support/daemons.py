@@ -389,6 +389,27 @@ class ClcDaemon(Daemon):
             raise RuntimeError(f"mallee-admin {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
 
+    def add_image(self, name: str, folder: Path) -> str:
+        """A guest built as vmlinuz, initrd.img and root.img in ``folder``, added with
+        `mallee-admin image add` as the cloud's image; its emi id."""
+        out = self.admin(
+            "image",
+            "add",
+            name,
+            "--root",
+            str(folder / "root.img"),
+            "--kernel",
+            str(folder / "vmlinuz"),
+            "--ramdisk",
+            str(folder / "initrd.img"),
+        )
+        [machine] = [line.split("\t")[0] for line in out.splitlines() if "\tmachine\t" in line]
+        return machine
+
+    def add_disk(self, name: str, disk: Path) -> str:
+        """A disk that boots itself, added as the cloud's image; its emi id."""
+        return self.admin("image", "add", name, "--disk", str(disk)).split("\t")[0]
+
     def ec2(self, user: str, **admin: bool) -> Any:
         """A boto3 EC2 client of a new user of this cloud, as `mallee-admin` made them."""
         rc = self.admin("user", "create", user, *(["--admin"] if admin.get("admin") else []))

@@ -11,6 +11,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mallee.clc import users, wire
 from mallee.clc.frontend import Ec2Frontend, RawRequest
@@ -44,3 +46,9 @@ def call(
     answer = frontend.handle(signed(fields, credentials), "req-test")
     response = {"body": answer.body, "headers": {}, "status_code": answer.status}
     return answer.status, dict(create_parser("ec2").parse(response, model.output_shape))
+
+
+def new_public_key() -> bytes:
+    """A new ed25519 public key in OpenSSH's form, as ImportKeyPair takes it."""
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)

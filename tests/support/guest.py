@@ -37,32 +37,30 @@ def _sources_digest(folder: Path = GUEST_SOURCES, leave_out: Path | None = DEBIA
     return digest.hexdigest()[:12]
 
 
-def build() -> Path:
-    """A folder with vmlinuz, initrd.img, root.img and manifest.json."""
-    given = os.environ.get("MALLEE_GUEST_DIR")
+def _built(script: Path, out: Path, given: str | None, timeout_s: float) -> Path:
+    """``given`` when that folder holds a build, else ``out``, made by ``script`` unless
+    it is there already (its name carries the digest of its sources)."""
     if given and (Path(given) / "manifest.json").exists():
         return Path(given)
-    out = Path(f"/var/tmp/mallee-guest-{_sources_digest()}")
     if not (out / "manifest.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-        host.run(str(GUEST_SOURCES / "build.sh"), str(out), timeout_s=600)
+        host.run(str(script), str(out), timeout_s=timeout_s)
     out.chmod(0o755)
     return out
+
+
+def build() -> Path:
+    """A folder with vmlinuz, initrd.img, root.img and manifest.json."""
+    out = Path(f"/var/tmp/mallee-guest-{_sources_digest()}")
+    return _built(GUEST_SOURCES / "build.sh", out, os.environ.get("MALLEE_GUEST_DIR"), 600)
 
 
 def build_debian() -> Path:
     """The Debian 12 cloud-init image (guest/debian/build.sh: about 90 s, from the
     Debian mirror), built once per content of guest/debian into /var/tmp, or taken from
     ``$MALLEE_DEBIAN_DIR`` when that holds a build."""
-    given = os.environ.get("MALLEE_DEBIAN_DIR")
-    if given and (Path(given) / "manifest.json").exists():
-        return Path(given)
     out = Path(f"/var/tmp/mallee-debian-{_sources_digest(DEBIAN_SOURCES, None)}")
-    if not (out / "manifest.json").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        host.run(str(DEBIAN_SOURCES / "build.sh"), str(out), timeout_s=1800)
-    out.chmod(0o755)
-    return out
+    return _built(DEBIAN_SOURCES / "build.sh", out, os.environ.get("MALLEE_DEBIAN_DIR"), 1800)
 
 
 @dataclass(frozen=True)
