@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mallee.cc.client import CcClient
@@ -774,11 +775,8 @@ def describe_addresses(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     )
     found = filters.apply(found, params.get("Filters", []), ADDRESS_FILTERS)
     held = {a.instance_id for a in found if a.instance_id}
-    private_ips = {
-        r.instance_id: r.private_ip
-        for r in instances.visible(ctx.db, ctx.caller, [], 0)
-        if r.instance_id in held
-    }
+    query = select(Instance.instance_id, Instance.private_ip).where(Instance.instance_id.in_(held))
+    private_ips = {i: ip for i, ip in ctx.db.execute(query)}
     return {"Addresses": [_address_info(a, private_ips) for a in found]}
 
 

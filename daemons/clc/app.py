@@ -49,7 +49,7 @@ def build_cloud(
     """What the EC2 actions work with; VmControl's poll is not started here."""
     catalog = clc_config.catalog()
     addresses.check_pool(clc_config.public_addresses)
-    vmcontrol = VmControl(sessions.write, clc_config, catalog, cc_client, image_url, metrics)
+    vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url, metrics)
     return Cloud(
         clc_config,
         catalog,

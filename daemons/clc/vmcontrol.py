@@ -35,17 +35,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from mallee.cc.client import CcClient, ClusterInstance, TypeRoom
 from mallee.clc import images, instances
 from mallee.clc.config import ClcConfig
-from mallee.clc.db import Cluster, ElasticAddress, Image, Instance, PrivateAddress
+from mallee.clc.db import Cluster, ElasticAddress, Image, Instance, PrivateAddress, Sessions
 from mallee.clc.wire import Ec2Error
 from mallee.common.capacity import VmType
 from mallee.common.errors import MalleeError
@@ -108,7 +108,7 @@ class ModelView:
 class VmControl:
     def __init__(
         self,
-        sessions: sessionmaker[Session],
+        sessions: Sessions,
         config: ClcConfig,
         catalog: list[VmType],
         cc_client: Callable[[str], CcClient],
@@ -118,6 +118,7 @@ class VmControl:
         self.sessions = sessions
         self.config = config
         self.catalog = catalog
+        self._types = {t.name: t for t in catalog}
         self.cc_client = cc_client
         self.image_url = image_url
         self.metrics = metrics
@@ -150,7 +151,6 @@ class VmControl:
             known = self._zones.get(zone)
         if known is None or vm.name not in known.rooms:
             return 0
-        by_name = {t.name: t for t in self.catalog}
         unseen = db.execute(
             select(Instance.instance_type).where(
                 Instance.zone == zone,
@@ -158,7 +158,7 @@ class VmControl:
                 (Instance.launch_time >= known.asked_at) | (Instance.dispatch != "accepted"),
             )
         ).scalars()
-        taken = sum(_slots(by_name[t], vm) for t in unseen if t in by_name)
+        taken = sum(_slots(self._types[t], vm) for t in unseen if t in self._types)
         return max(0, known.rooms[vm.name].available - taken)
 
     # -- sending instances to their CCs -------------------------------------------------
@@ -184,9 +184,8 @@ class VmControl:
     def _requests(self, reservation_id: str) -> list[tuple[str, dict[str, Any]]]:
         """The CC requests of the reservation's instances yet to send, one per zone,
         once they are marked ``sent``."""
-        catalog = {t.name: t for t in self.catalog}
         requests: dict[str, dict[str, Any]] = {}
-        with self.sessions.begin() as db:
+        with self.sessions.write.begin() as db:
             waiting = db.scalars(
                 select(Instance)
                 .where(
@@ -198,7 +197,7 @@ class VmControl:
             ).all()
             for instance in waiting:
                 cluster = db.get(Cluster, instance.zone)
-                vm = catalog.get(instance.instance_type)
+                vm = self._types.get(instance.instance_type)
                 refs = self._image_refs(db, instance)
                 if cluster is None or vm is None or refs is None:
                     why = (
@@ -217,12 +216,7 @@ class VmControl:
                     {
                         "reservation_id": reservation_id,
                         "owner_id": instance.owner,
-                        "vm_type": {
-                            "name": vm.name,
-                            "cores": vm.cores,
-                            "memory_mb": vm.memory_mb,
-                            "disk_gb": vm.disk_gb,
-                        },
+                        "vm_type": asdict(vm),
                         **refs,
                         "instances": [],
                     },
@@ -264,7 +258,7 @@ class VmControl:
                 return
             logger.warning("the CC refused %s: %s: %s", ids, e.code, e.message)
             reason = f"Server.{e.code}: {e.message}"
-            with self.sessions.begin() as db:
+            with self.sessions.write.begin() as db:
                 for instance_id in ids:
                     self._end(db, instance_id, ("pending", "shutting-down"), reason[:512])
             return
@@ -272,7 +266,7 @@ class VmControl:
 
     def _accepted(self, ids: list[str], placed: list[ClusterInstance]) -> None:
         reported = {p.instance_id: p for p in placed}
-        with self.sessions.begin() as db:
+        with self.sessions.write.begin() as db:
             for record in db.scalars(select(Instance).where(Instance.instance_id.in_(ids))):
                 if (seen := reported.get(record.instance_id)) is not None:
                     self._apply(db, record, seen)
@@ -292,7 +286,7 @@ class VmControl:
             self._calls.submit(contextvars.copy_context().run, self._terminate, instance_ids)
 
     def _terminate(self, instance_ids: list[str]) -> None:
-        with self.sessions.begin() as db:
+        with self.sessions.read.begin() as db:
             rows = db.execute(
                 select(Instance.instance_id, Cluster.url, Cluster.name)
                 .join(Cluster, Cluster.name == Instance.zone)
@@ -302,11 +296,15 @@ class VmControl:
         for instance_id, url, zone in rows:
             by_zone.setdefault((url, zone), []).append(instance_id)
         for (url, zone), ids in by_zone.items():
-            try:
-                self.cc_client(url).terminate_instances(ids)
-            except MalleeError as e:
-                logger.warning("terminating %s in %s: %s: %s", ids, zone, e.code, e.message)
+            self._end_in(zone, url, ids)
             self.poll_zone(zone, url)
+
+    def _end_in(self, zone: str, url: str, instance_ids: list[str]) -> None:
+        """Ask the zone's CC to end these; a failure is the next poll's to retry."""
+        try:
+            self.cc_client(url).terminate_instances(instance_ids)
+        except MalleeError as e:
+            logger.warning("terminating %s in %s: %s: %s", instance_ids, zone, e.code, e.message)
 
     # -- calls passed through to an instance's CC ---------------------------------------
 
@@ -347,7 +345,7 @@ class VmControl:
     def poll(self) -> None:
         """Ask every CC at once; reconcile the records of each zone with its report."""
         started = time.perf_counter()
-        with self.sessions.begin() as db:
+        with self.sessions.read.begin() as db:
             clusters = [(c.name, c.url) for c in db.scalars(select(Cluster))]
         with self._lock:
             for gone in set(self._zones) - {name for name, _ in clusters}:
@@ -366,13 +364,7 @@ class VmControl:
             return
         to_end, to_send = self._reconcile(zone, {r.instance_id: r for r in reported})
         if to_end:
-            client = self.cc_client(url)
-            try:
-                client.terminate_instances(sorted(to_end))
-            except MalleeError as e:
-                logger.warning(
-                    "terminating %s in %s: %s: %s", sorted(to_end), zone, e.code, e.message
-                )
+            self._end_in(zone, url, sorted(to_end))
         for reservation_id in sorted(to_send):
             self.dispatch(reservation_id)
 
@@ -406,7 +398,7 @@ class VmControl:
         to_send: set[str] = set()
         with self._lock:
             in_flight = set(self._in_flight)
-        with self.sessions.begin() as db:
+        with self.sessions.write.begin() as db:
             # plain rows, not ORM objects: a zone may hold thousands, polled every few s
             records = {
                 r.instance_id: r
@@ -477,7 +469,7 @@ class VmControl:
         elif seen.state == "terminated" and record.state in LIVE:
             if self._end(db, instance_id, ("shutting-down",)):
                 return
-            reason = seen.reason or "Server.InternalError: the instance ended"
+            reason = seen.reason or "InternalError: the instance ended"
             if self._end(db, instance_id, ("pending", "running"), f"Server.{reason}"[:512]):
                 logger.warning("%s ended on its node: %s", instance_id, reason)
                 self.metrics.count("clc_disagreements", kind="ended_by_cluster")

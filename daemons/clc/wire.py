@@ -21,7 +21,6 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from xml.etree import ElementTree
 
 from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel, Shape
@@ -222,18 +221,11 @@ def serialize_response(model: OperationModel, output: Mapping[str, Any], request
 
 def serialize_error(code: str, message: str, request_id: str) -> bytes:
     """EC2's error document (note ``RequestID`` here, ``requestId`` in answers)."""
-    root = ElementTree.Element("Response")
-    error = ElementTree.SubElement(ElementTree.SubElement(root, "Errors"), "Error")
-    _text(ElementTree.SubElement(error, "Code"), code)
-    _text(ElementTree.SubElement(error, "Message"), message)
-    _text(ElementTree.SubElement(root, "RequestID"), request_id)
-    document: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
-    return document
-
-
-def _text(node: ElementTree.Element, text: str) -> None:
-    """Set a node's text, each character XML cannot carry replaced by U+FFFD."""
-    node.text = _NOT_XML.sub("\ufffd", text)
+    return (
+        "<?xml version='1.0' encoding='utf-8'?>\n<Response><Errors><Error>"
+        f"<Code>{_escaped(code)}</Code><Message>{_escaped(message)}</Message>"
+        f"</Error></Errors><RequestID>{_escaped(request_id)}</RequestID></Response>"
+    ).encode()
 
 
 def _escaped(text: str) -> str:
