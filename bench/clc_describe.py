@@ -29,7 +29,7 @@ from botocore.credentials import Credentials
 
 from bench.cc_scale import start_fleet
 from bench.harness import bench_host, percentile, verdict
-from tests.support.daemons import CcDaemon, ClcDaemon, Pki, free_port
+from tests.support.daemons import CcDaemon, ClcDaemon, Pki, free_port, stop_all
 from tests.support.guest import wait_until
 
 INSTANCES = 1000
@@ -138,8 +138,7 @@ def mallee(workdir: Path, pki: Pki, calls: int) -> dict[str, float]:
             ec2.terminate_instances(InstanceIds=ids[n : n + BATCH])
         return figures
     finally:
-        for daemon in reversed(daemons):
-            daemon.cleanup()
+        stop_all(daemons)
         os.killpg(fleet.pid, signal.SIGTERM)
         fleet.wait(30)
 

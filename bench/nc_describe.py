@@ -2,9 +2,9 @@
 
 The NC runs on libvirt's test driver (so 50 instances need no 50 guests) but does
 everything else for real: image download, qcow2 overlays, records on disk. Two callers
-alternate call by call: one keeps its connection alive, the other opens a fresh TLS
-connection (handshake with client certificate) for every call, as the CC's polls do
-(its poll interval is longer than gunicorn's keep-alive, so each poll reconnects).
+alternate call by call: one keeps its connection alive, as the CC's polls do (the
+daemons keep an idle connection 75 s), the other opens a fresh TLS connection (handshake
+with client certificate) for every call, as a CC does after a restart or a lost one.
 """
 
 from __future__ import annotations

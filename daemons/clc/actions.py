@@ -31,9 +31,11 @@ from mallee.clc import (
     securitygroups,
     sla,
     tags,
+    wire,
 )
 from mallee.clc.config import ClcConfig
 from mallee.clc.db import ElasticAddress, Image, Instance, KeyPair, SecurityGroup
+from mallee.clc.instances import Listed
 from mallee.clc.users import Caller
 from mallee.clc.vmcontrol import VmControl
 from mallee.clc.wire import Ec2Error
@@ -358,7 +360,7 @@ def _state(name: str) -> dict[str, Any]:
 
 
 def _instance_info(
-    r: Instance, its_tags: dict[str, str], groups: dict[str, SecurityGroup], region: str
+    r: Listed, its_tags: dict[str, str], groups: dict[str, SecurityGroup], region: str
 ) -> dict[str, Any]:
     reason_code, _, reason_message = r.state_reason.partition(": ")
     private_ip = r.private_ip if r.state != "terminated" else ""
@@ -394,13 +396,40 @@ def _instance_info(
     }
 
 
-def _groups_of(ctx: Context, records: list[Instance]) -> dict[str, SecurityGroup]:
+def _groups_of(ctx: Context, records: list[Listed]) -> dict[str, SecurityGroup]:
     wanted = {g for r in records for g in r.group_ids}
     return {g.group_id: g for g in securitygroups.by_ids(ctx.db, wanted)}
 
 
+def _described(
+    r: Listed,
+    its_tags: dict[str, str],
+    groups: dict[str, SecurityGroup],
+    region: str,
+    token: str | None,
+) -> wire.Memo:
+    """An instance's description, named by everything it is made of (its row, its tags,
+    its groups' names, its ClientToken, the region): an unchanged instance's is written
+    once, not at every listing."""
+    group_ids = r.group_ids
+    names = tuple(groups[g].name if g in groups else None for g in group_ids)
+    key = (
+        r[:-1],
+        tuple(group_ids),
+        names,
+        tuple(its_tags.items()),
+        token,
+        region,
+    )  # [:-1]: all but group_ids
+
+    def make() -> dict[str, Any]:
+        return _instance_info(r, its_tags, groups, region) | {"ClientToken": token}
+
+    return wire.Memo(key, make)
+
+
 def _reservations(
-    ctx: Context, records: list[Instance], tokens: dict[str, str | None]
+    ctx: Context, records: list[Listed], tokens: dict[str, str | None]
 ) -> list[dict[str, Any]]:
     """Instances grouped by reservation, in order of launch, as EC2 lists them."""
     tagged = tags.of_all(ctx.db, [r.instance_id for r in records])
@@ -411,9 +440,10 @@ def _reservations(
             r.reservation_id,
             {"ReservationId": r.reservation_id, "OwnerId": r.owner, "Groups": [], "Instances": []},
         )
-        info = _instance_info(r, tagged[r.instance_id], groups, ctx.cloud.region)
-        info["ClientToken"] = tokens.get(r.reservation_id)
-        reservation["Instances"].append(info)
+        token = tokens.get(r.reservation_id)
+        reservation["Instances"].append(
+            _described(r, tagged[r.instance_id], groups, ctx.cloud.region, token)
+        )
     return list(by_reservation.values())
 
 
@@ -435,9 +465,10 @@ def run_instances(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
                 tags.create(ctx.db, ctx.caller, [record.instance_id], spec.get("Tags", []))
         reservation_id = launch.reservation.reservation_id
         ctx.after_commit.append(lambda: cloud.vmcontrol.dispatch(reservation_id))
+    ids = [r.instance_id for r in launch.instances]
     [reservation] = _reservations(
         ctx,
-        launch.instances,
+        instances.visible(ctx.db, ctx.caller, ids, cloud.config.terminated_visible_s),
         {launch.reservation.reservation_id: launch.reservation.client_token},
     )
     return reservation
@@ -465,7 +496,7 @@ INSTANCE_FILTERS: filters.Fields = {
 }
 
 
-def _listed(ctx: Context, params: dict[str, Any], ids_param: str) -> list[Instance]:
+def _listed(ctx: Context, params: dict[str, Any], ids_param: str) -> list[Listed]:
     ids = params.get(ids_param, [])
     if ids and "MaxResults" in params:
         raise Ec2Error("InvalidParameterCombination", f"{ids_param} cannot be used with MaxResults")
@@ -495,7 +526,7 @@ def describe_instance_status(ctx: Context, params: dict[str, Any]) -> dict[str, 
     records, token = paging.page(records, params)
     reachable = ctx.cloud.vmcontrol.reachable({r.instance_id for r in records})
 
-    def status(r: Instance) -> dict[str, Any]:
+    def status(r: Listed) -> dict[str, Any]:
         if r.state != "running":
             return {"Status": "not-applicable"}
         ok = r.instance_id in reachable
@@ -560,7 +591,9 @@ def describe_instance_attribute(ctx: Context, params: dict[str, Any]) -> dict[st
     )
     attribute = params["Attribute"]
     values: dict[str, Callable[[], dict[str, Any]]] = {
-        "userData": lambda: {"UserData": {"Value": r.user_data}},
+        "userData": lambda: {
+            "UserData": {"Value": ctx.db.get_one(Instance, r.instance_id).user_data}
+        },
         "instanceType": lambda: {"InstanceType": {"Value": r.instance_type}},
         "kernel": lambda: {"KernelId": {"Value": r.kernel_id}},
         "ramdisk": lambda: {"RamdiskId": {"Value": r.ramdisk_id}},

@@ -11,7 +11,17 @@ from typing import Any
 import flask
 
 from mallee.cc.client import CcClient
-from mallee.clc import addresses, db, ec2api, imageapi, images, metadata, metadataapi, sla
+from mallee.clc import (
+    addresses,
+    db,
+    ec2api,
+    imageapi,
+    images,
+    metadata,
+    metadataapi,
+    sla,
+    wire,
+)
 from mallee.clc.actions import Cloud
 from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
@@ -74,6 +84,7 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     common, clc_config = config.load(ClcConfig, overrides)
     log.setup(common.log_level)
     db.migrate(clc_config.database_url)
+    wire.service_model()  # loaded now (about a second), not by the first caller
     sessions = db.sessions_for(clc_config.database_url)
     cc_client = cc_clients(common, clc_config)
     image_url = clc_config.public_url(common.tls)

@@ -193,8 +193,9 @@ class Instance(Base):
     instance_type: Mapped[str] = mapped_column(String(64))
     zone: Mapped[str] = mapped_column(String(64))
     key_name: Mapped[str | None] = mapped_column(String(255))
-    public_key: Mapped[str | None] = mapped_column(Text)  # as it was at launch
-    user_data: Mapped[str | None] = mapped_column(Text)  # base64, as given
+    # Read only when asked for (each may be kilobytes; a listing holds thousands).
+    public_key: Mapped[str | None] = mapped_column(Text, deferred=True)  # as at launch
+    user_data: Mapped[str | None] = mapped_column(Text, deferred=True)  # base64, as given
     group_ids: Mapped[list[str]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     state_reason: Mapped[str] = mapped_column(String(512), default="")

@@ -18,9 +18,9 @@ import base64
 import binascii
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel, Shape
@@ -214,7 +214,7 @@ def serialize_response(model: OperationModel, output: Mapping[str, Any], request
     if shape is None:
         out.append("<return>true</return>")
     else:
-        _serialize_members(out, shape, output)
+        _writer(shape)(out, output)
     out.append(f"</{model.name}Response>")
     return "".join(out).encode("utf-8")
 
@@ -230,6 +230,8 @@ def serialize_error(code: str, message: str, request_id: str) -> bytes:
 
 def _escaped(text: str) -> str:
     """``text`` as XML character data: what XML cannot carry replaced by U+FFFD."""
+    if type(text) is not str:  # an id or a count given as a number, say
+        text = str(text)
     if not (text.isascii() and text.isprintable()):  # most text is: skip the search
         text = _NOT_XML.sub("\ufffd", text)
     if "&" in text or "<" in text or ">" in text:
@@ -237,53 +239,110 @@ def _escaped(text: str) -> str:
     return text
 
 
+# A shape's writer appends a value's XML to a list of text; a scalar's renders it. Made
+# once per shape, so writing a value asks its shape nothing (a listing of a thousand
+# instances writes a hundred thousand elements).
+Writer = Callable[[list[str], Any], None]
+
+
+class Memo(NamedTuple):
+    """A structure named by a key that changes whenever the structure would: its XML is
+    written once and used again while answers hold the same key. For listings of many
+    records of which few change between calls (a DescribeInstances of thousands)."""
+
+    key: Hashable
+    make: Callable[[], Mapping[str, Any]]
+
+
+MEMO_LIMIT = 20_000  # written structures kept (an instance's is about 900 bytes)
+_memos: dict[tuple[str, Hashable], str] = {}
+
+
+def _memoized(shape: Shape, write: Writer, memo: Memo) -> str:
+    key = (shape.name, memo.key)
+    text = _memos.get(key)
+    if text is None:
+        parts: list[str] = []
+        write(parts, memo.make())
+        text = "".join(parts)
+        if len(_memos) >= MEMO_LIMIT:
+            _memos.clear()  # bounded, simply: what is still asked for is written again
+        _memos[key] = text
+    return text
+
+
 @functools.cache
-def _members_of(shape: Shape) -> dict[str, tuple[str, str, Shape]]:
-    """A structure's members: each one's opening and closing tag and its shape."""
-    tags = {}
+def _writer(shape: Shape) -> Writer:
+    if shape.type_name == "structure":
+        return _structure_writer(shape)
+    if shape.type_name == "list":
+        return _list_writer(shape)
+    render = _renderer(shape)
+    return lambda out, value: out.append(render(value))
+
+
+def _structure_writer(shape: Shape) -> Writer:
+    scalars: dict[str, tuple[str, str, Callable[[Any], str]]] = {}
+    nested: dict[str, tuple[str, str, Shape]] = {}
     for member, member_shape in shape.members.items():
         name = member_shape.serialization.get("name", member)
-        tags[member] = (f"<{name}>", f"</{name}>", member_shape)
-    return tags
+        if member_shape.type_name in ("structure", "list"):
+            nested[member] = (f"<{name}>", f"</{name}>", member_shape)
+        else:
+            scalars[member] = (f"<{name}>", f"</{name}>", _renderer(member_shape))
+
+    def write(out: list[str], value: Mapping[str, Any] | Memo) -> None:
+        if isinstance(value, Memo):
+            out.append(_memoized(shape, write, value))
+            return
+        for member, member_value in value.items():
+            if member_value is None:
+                continue
+            if member in scalars:
+                opening, closing, render = scalars[member]
+                out.append(opening + render(member_value) + closing)
+            elif member in nested:
+                # its writer found now: a shape may (through its members) hold itself
+                opening, closing, member_shape = nested[member]
+                out.append(opening)
+                _writer(member_shape)(out, member_value)
+                out.append(closing)
+            else:
+                raise KeyError(f"{shape.name} has no member {member}")  # a bug of ours
+
+    return write
 
 
-def _serialize_members(out: list[str], shape: Shape, value: Mapping[str, Any]) -> None:
-    members = _members_of(shape)
-    for member, member_value in value.items():
-        if member_value is None:
-            continue
-        found = members.get(member)
-        if found is None:
-            raise KeyError(f"{shape.name} has no member {member}")  # a bug of ours
-        opening, closing, member_shape = found
-        out.append(opening)
-        _serialize(out, member_shape, member_value)
-        out.append(closing)
+def _list_writer(shape: Shape) -> Writer:
+    item = shape.member.serialization.get("name", "item")
+    opening, closing = f"<{item}>", f"</{item}>"
 
-
-def _serialize(out: list[str], shape: Shape, value: Any) -> None:
-    kind = shape.type_name
-    if kind == "structure":
-        _serialize_members(out, shape, value)
-    elif kind == "list":
-        item = shape.member.serialization.get("name", "item")
+    def write(out: list[str], value: list[Any]) -> None:
+        write_entry = _writer(shape.member)
         for entry in value:
-            out.append(f"<{item}>")
-            _serialize(out, shape.member, entry)
-            out.append(f"</{item}>")
-    elif kind == "boolean":
-        out.append("true" if value else "false")
-    elif kind == "timestamp":
-        out.append(_timestamp(value))
-    elif kind == "blob":
-        out.append(base64.b64encode(value).decode("ascii"))
-    else:
-        out.append(_escaped(str(value)))
+            out.append(opening)
+            write_entry(out, entry)
+            out.append(closing)
+
+    return write
+
+
+def _renderer(shape: Shape) -> Callable[[Any], str]:
+    kind = shape.type_name
+    if kind == "boolean":
+        return lambda value: "true" if value else "false"
+    if kind == "timestamp":
+        return _timestamp
+    if kind == "blob":
+        return lambda value: base64.b64encode(value).decode("ascii")
+    if kind == "string":
+        return _escaped
+    return lambda value: _escaped(str(value))
 
 
 def _timestamp(value: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds, as EC2 writes its times."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    """ISO 8601 in UTC with milliseconds, as EC2 writes its times (a naive time is
+    UTC already: the database gives them so)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="milliseconds") + "Z"

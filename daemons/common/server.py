@@ -8,6 +8,7 @@ be a second, disagreeing daemon.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import socketserver
@@ -36,6 +37,10 @@ def gunicorn_options(common: CommonConfig, daemon: DaemonConfig) -> dict[str, An
         "threads": daemon.threads,
         # gthread's timeout only watches the worker's heartbeat, not each request.
         "timeout": 120,
+        # Long enough that a caller polling every few seconds (a CC its nodes, the CLC
+        # its CCs) keeps its connection instead of a TLS handshake per call; an idle
+        # connection waits in the worker's poller, not in a thread.
+        "keepalive": 75,
         "graceful_timeout": 10,
         # gunicorn's control socket is one path per user; several daemons share a host.
         "control_socket_disable": True,
@@ -66,7 +71,14 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return self._factory()
+        """The app, made in the worker; what it holds for the worker's life (the CLC's
+        EC2 model of thousands of shapes, say) is then kept out of the garbage
+        collector's full passes, which would otherwise walk it again and again, in the
+        middle of requests."""
+        app = self._factory()
+        gc.collect()
+        gc.freeze()
+        return app
 
 
 class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):

@@ -55,8 +55,8 @@ def daemons_started() -> Iterator[list[daemons.Daemon]]:
     """Every daemon a test starts; stopped and cleaned up after it."""
     started: list[daemons.Daemon] = []
     yield started
-    for daemon in reversed(started):
-        daemon.cleanup()
+    daemons.stop_all(started)
+    for daemon in started:
         shutil.rmtree(daemon.workdir, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -260,9 +261,14 @@ class Daemon:
         self.process.wait()
         wait_until(lambda: not _listening(self.port), 10, f"port {self.port} to close")
 
-    def stop(self) -> None:
+    def ask_to_stop(self) -> None:
+        """SIGTERM, not waiting: gunicorn lingers about 2 s for kept-alive callers."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.ask_to_stop()
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
@@ -270,6 +276,18 @@ class Daemon:
 
     def cleanup(self) -> None:
         self.stop()
+
+
+def stop_all(daemons: Sequence[Daemon]) -> None:
+    """Clean up after ``daemons`` (callers first), asking them all to stop at once: each
+    lingers a moment for its callers, which one after another would add up."""
+    for daemon in reversed(daemons):
+        daemon.ask_to_stop()
+    for daemon in reversed(daemons):
+        if daemon.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                daemon.process.wait(15)  # else cleanup's stop kills it
+        daemon.cleanup()
 
 
 class NcDaemon(Daemon):

@@ -170,6 +170,48 @@ def test_every_action_answers_what_botocore_reads(
     assert called == set(ACTIONS), f"not called: {sorted(set(ACTIONS) - called)}"
 
 
+def test_a_listing_shows_each_change_of_an_instance_at_once(
+    cloud: tuple[Ec2Frontend, users.Credentials, users.Credentials, str],
+) -> None:
+    """An unchanged instance's description is written once and reused; whatever changes
+    it (its state, its tags, its address) shows in the very next listing."""
+    frontend, alice, root, location = cloud
+
+    def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
+        status, answer = call(frontend, caller, action, **params)
+        assert status == 200, answer
+        return answer
+
+    emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
+    ok("ModifyImageAttribute", root, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    [instance] = ok("RunInstances", ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
+    instance_id = instance["InstanceId"]
+
+    def described() -> dict[str, Any]:  # each after one that listed it as it was
+        [reservation] = ok("DescribeInstances")["Reservations"]
+        [found] = reservation["Instances"]
+        return dict(found)
+
+    wait_until(lambda: described()["State"]["Name"] == "running", 10, "the instance to run")
+    assert described().get("Tags", []) == [] and "PublicIpAddress" not in described()
+    ok("CreateTags", Resources=[instance_id], Tags=[{"Key": "role", "Value": "web"}])
+    assert described()["Tags"] == [{"Key": "role", "Value": "web"}]
+    ok("CreateTags", Resources=[instance_id], Tags=[{"Key": "role", "Value": "db"}])
+    assert described()["Tags"] == [{"Key": "role", "Value": "db"}]
+    ok("DeleteTags", Resources=[instance_id])
+    assert described().get("Tags", []) == []
+    public_ip = ok("AllocateAddress")["PublicIp"]
+    ok("AssociateAddress", PublicIp=public_ip, InstanceId=instance_id)
+    assert described()["PublicIpAddress"] == public_ip
+    ok("DisassociateAddress", PublicIp=public_ip)
+    assert "PublicIpAddress" not in described()
+    ok("TerminateInstances", InstanceIds=[instance_id])
+    assert described()["State"]["Name"] in ("shutting-down", "terminated")
+    frontend.cloud.vmcontrol.poll()
+    wait_until(lambda: described()["State"]["Name"] == "terminated", 10, "the instance to end")
+    assert "PrivateIpAddress" not in described()  # an ended instance holds no address
+
+
 def test_an_image_file_stays_while_an_image_names_it(tmp_path: Path) -> None:
     store = images.ImageStore(tmp_path / "store")
     source = tmp_path / "disk.qcow2"
