@@ -34,7 +34,7 @@ from mallee.clc import (
     wire,
 )
 from mallee.clc.config import ClcConfig
-from mallee.clc.db import ElasticAddress, Image, Instance, KeyPair, SecurityGroup
+from mallee.clc.db import ElasticAddress, Image, Instance, KeyPair
 from mallee.clc.instances import Listed
 from mallee.clc.users import Caller
 from mallee.clc.vmcontrol import VmControl
@@ -360,7 +360,7 @@ def _state(name: str) -> dict[str, Any]:
 
 
 def _instance_info(
-    r: Listed, its_tags: dict[str, str], groups: dict[str, SecurityGroup], region: str
+    r: Listed, its_tags: dict[str, str], group_names: dict[str, str], region: str
 ) -> dict[str, Any]:
     reason_code, _, reason_message = r.state_reason.partition(": ")
     private_ip = r.private_ip if r.state != "terminated" else ""
@@ -390,21 +390,21 @@ def _instance_info(
         "RootDeviceType": "instance-store",
         "VirtualizationType": "paravirtual" if r.kernel_id else "hvm",
         "SecurityGroups": [
-            {"GroupId": g, "GroupName": groups[g].name} for g in r.group_ids if g in groups
+            {"GroupId": g, "GroupName": group_names[g]} for g in r.group_ids if g in group_names
         ],
         "Tags": tags.as_list(its_tags),
     }
 
 
-def _groups_of(ctx: Context, records: list[Listed]) -> dict[str, SecurityGroup]:
+def _group_names(ctx: Context, records: list[Listed]) -> dict[str, str]:
     wanted = {g for r in records for g in r.group_ids}
-    return {g.group_id: g for g in securitygroups.by_ids(ctx.db, wanted)}
+    return {g.group_id: g.name for g in securitygroups.by_ids(ctx.db, wanted)}
 
 
 def _described(
     r: Listed,
     its_tags: dict[str, str],
-    groups: dict[str, SecurityGroup],
+    group_names: dict[str, str],
     region: str,
     token: str | None,
 ) -> wire.Memo:
@@ -412,7 +412,7 @@ def _described(
     its groups' names, its ClientToken, the region): an unchanged instance's is written
     once, not at every listing."""
     group_ids = r.group_ids
-    names = tuple(groups[g].name if g in groups else None for g in group_ids)
+    names = tuple(map(group_names.get, group_ids))
     key = (
         r[:-1],
         tuple(group_ids),
@@ -423,7 +423,7 @@ def _described(
     )  # [:-1]: all but group_ids
 
     def make() -> dict[str, Any]:
-        return _instance_info(r, its_tags, groups, region) | {"ClientToken": token}
+        return _instance_info(r, its_tags, group_names, region) | {"ClientToken": token}
 
     return wire.Memo(key, make)
 
@@ -433,7 +433,7 @@ def _reservations(
 ) -> list[dict[str, Any]]:
     """Instances grouped by reservation, in order of launch, as EC2 lists them."""
     tagged = tags.of_all(ctx.db, [r.instance_id for r in records])
-    groups = _groups_of(ctx, records)
+    group_names = _group_names(ctx, records)
     by_reservation: dict[str, dict[str, Any]] = {}
     for r in records:
         reservation = by_reservation.setdefault(
@@ -442,7 +442,7 @@ def _reservations(
         )
         token = tokens.get(r.reservation_id)
         reservation["Instances"].append(
-            _described(r, tagged[r.instance_id], groups, ctx.cloud.region, token)
+            _described(r, tagged[r.instance_id], group_names, ctx.cloud.region, token)
         )
     return list(by_reservation.values())
 

@@ -15,9 +15,9 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Row, inspect, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mallee.clc import images, securitygroups, sla
@@ -246,18 +246,32 @@ def of_reservation(db: Session, reservation_id: str) -> list[Instance]:
     return list(db.scalars(query.order_by(Instance.launch_index)))
 
 
-# An instance as listings read it: a row of the columns they show, ``group_ids`` last.
-# Rows, not ORM objects: a listing may hold thousands, and a row is read (and hashed, to
-# name its description) at C speed.
-Listed = Row[Any]
-LISTED_COLUMNS = (
-    *(
-        a.columns[0]
-        for a in inspect(Instance).column_attrs
-        if not a.deferred and a.key != "group_ids"
-    ),
-    Instance.group_ids,
-)
+class Listed(NamedTuple):
+    """An instance as listings read it: the columns they show (and filter and group by),
+    ``group_ids`` last. A plain tuple, not an ORM object nor SQLAlchemy's row: a listing
+    may hold thousands, each read, compared and hashed (to name its description) at C
+    speed."""
+
+    instance_id: str
+    reservation_id: str
+    owner: str
+    launch_index: int
+    image_id: str
+    kernel_id: str | None
+    ramdisk_id: str | None
+    instance_type: str
+    zone: str
+    key_name: str | None
+    state: str
+    state_reason: str
+    node: str
+    private_ip: str
+    public_ip: str
+    launch_time: datetime
+    group_ids: list[str]
+
+
+LISTED_COLUMNS = [getattr(Instance, name) for name in Listed._fields]
 
 
 def visible(
@@ -273,7 +287,7 @@ def visible(
     else:
         since = datetime.now(UTC) - timedelta(seconds=terminated_visible_s)
         query = query.where((Instance.terminated_at.is_(None)) | (Instance.terminated_at >= since))
-    found = list(db.execute(query))
+    found = [Listed._make(row) for row in db.execute(query)]
     if missing := sorted(set(instance_ids) - {i.instance_id for i in found}):
         raise Ec2Error(
             "InvalidInstanceID.NotFound", f"The instance ID '{', '.join(missing)}' does not exist"
