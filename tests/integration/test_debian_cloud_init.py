@@ -18,9 +18,12 @@ from tests.support.guest import build_debian, wait_until
 from tests.support.network import instance_network
 
 USER_DATA = """#!/bin/sh
-echo "MALLEE-USER-DATA host=$(hostname) key=$(cat /home/debian/.ssh/authorized_keys)" \\
+echo "MALLEE-USER-DATA host=$(hostname) key=$(cat /home/debian/.ssh/authorized_keys) END" \\
     > /dev/ttyS0
 """
+# The serial console is read while the guest writes it, a character at a time: only a
+# line that has reached its END is whole.
+WHOLE_LINE = re.compile(r"MALLEE-USER-DATA (.*) END")
 
 
 def test_debians_cloud_init_finds_the_cloud(
@@ -56,13 +59,13 @@ def test_debians_cloud_init_finds_the_cloud(
         def user_data_ran() -> bool:
             nonlocal output
             output = ec2.get_console_output(InstanceId=instance_id).get("Output", "")
-            return "MALLEE-USER-DATA" in output
+            return WHOLE_LINE.search(output) is not None
 
         try:
             wait_until(user_data_ran, 900, f"the user-data to run on {instance_id}")
         except TimeoutError as e:
             raise TimeoutError(f"{e}; the console:\n{output[-4000:]}") from None
-        [line] = re.findall(r"MALLEE-USER-DATA .*", output)
+        [line] = WHOLE_LINE.findall(output)
         assert f"host={hostname}" in line, line
         assert public_key.split()[1] in line, line  # the key cloud-init installed
         ec2.terminate_instances(InstanceIds=[instance_id])
