@@ -61,6 +61,10 @@ class NetworkNotFound(NotFound):
     code = "InvalidNetwork.NotFound"
 
 
+class SecurityGroupNotFound(NotFound):
+    code = "InvalidGroup.NotFound"
+
+
 class NodeNotFound(NotFound):
     code = "InvalidNode.NotFound"
 
@@ -95,8 +99,13 @@ class NetworkInUse(MalleeError):
     status = 409
 
 
+class SecurityGroupInUse(MalleeError):
+    code = "DependencyViolation"
+    status = 409
+
+
 class NetworkSetupFailed(MalleeError):
-    """The host refused a change to its network (``ip`` failed); its words are kept."""
+    """The host refused a change to its network (netlink or nft); its words are kept."""
 
     code = "NetworkSetupFailed"
     status = 500

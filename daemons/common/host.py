@@ -1,4 +1,4 @@
-"""Running the node's own programs (qemu-img, mkfs, ip).
+"""Running the host's own programs (qemu-img, mkfs, nft).
 
 One place bounds their time, logs each with the request id it serves, and turns a failure
 into ``HostCommandFailed``: the caller's answer names the program only, while the command
@@ -24,16 +24,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 60.0
 
 
-def run(*argv: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
-    """Run ``argv`` (no shell, no stdin) and return its stdout; raise HostCommandFailed
-    if it cannot start, exits non-zero, or is still running after ``timeout_s`` (it is
-    then killed)."""
+def run(*argv: str, timeout_s: float = DEFAULT_TIMEOUT_S, stdin: str | None = None) -> str:
+    """Run ``argv`` (no shell; ``stdin`` as its input, else none) and return its stdout;
+    raise HostCommandFailed if it cannot start, exits non-zero, or is still running after
+    ``timeout_s`` (it is then killed)."""
     command = shlex.join(argv)
     started = time.monotonic()
     try:
         result = subprocess.run(
             argv,
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             capture_output=True,
             text=True,
             timeout=timeout_s,

@@ -206,6 +206,13 @@ def query_list(name: str, schema: str) -> list[str]:
     return values
 
 
+def path_value(schema: str, value: str) -> str:
+    """A value taken from the request's path, validated against ``schema``."""
+    spec: OpenApiSpec = flask.current_app.extensions["mallee.openapi"]
+    spec.validate(schema, value, where="the path")
+    return value
+
+
 @dataclass(frozen=True)
 class ClientTLS:
     ca_cert: str

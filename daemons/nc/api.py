@@ -8,7 +8,7 @@ import flask
 
 from mallee.common import rpc
 from mallee.common.capacity import VmType
-from mallee.nc.model import ImageRef, Instance, NetConfig
+from mallee.nc.model import ImageRef, Instance, NetConfig, SecurityGroup
 from mallee.nc.service import NodeController
 
 bp = flask.Blueprint("nc", __name__, url_prefix="/v1")
@@ -37,7 +37,7 @@ def run_instance() -> tuple[dict[str, Any], int]:
         kernel=_image(body.get("kernel")),
         ramdisk=_image(body.get("ramdisk")),
         kernel_cmdline=body.get("kernel_cmdline"),
-        net=NetConfig(**body.get("net", {})),
+        net=NetConfig.from_api(body.get("net", {})),
     )
     return _nc().run_instance(instance).to_api(), 202
 
@@ -83,3 +83,23 @@ def start_network() -> dict[str, Any]:
 def stop_network(vlan: int) -> dict[str, Any]:
     _nc().stop_network(vlan)
     return {"vlan": vlan}
+
+
+@bp.get("/security-groups")
+def describe_security_groups() -> dict[str, Any]:
+    groups = _nc().firewall.groups.values()
+    return {"security_groups": [g.to_api() for g in groups]}
+
+
+@bp.put("/security-groups/<group_id>")
+def put_security_group(group_id: str) -> dict[str, Any]:
+    rpc.path_value("SecurityGroupId", group_id)
+    group = SecurityGroup.from_api(group_id, rpc.json_body("SecurityGroup"))
+    _nc().put_security_group(group)
+    return group.to_api()
+
+
+@bp.delete("/security-groups/<group_id>")
+def delete_security_group(group_id: str) -> dict[str, Any]:
+    _nc().delete_security_group(group_id)
+    return {"group_id": group_id}

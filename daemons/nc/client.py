@@ -8,7 +8,7 @@ from typing import Any
 
 from mallee.common.capacity import Capacity, VmType
 from mallee.common.rpc import RpcClient
-from mallee.nc.model import EC2_STATE, Failure, NcState
+from mallee.nc.model import EC2_STATE, Failure, NcState, SecurityGroup
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,13 @@ class NcClient:
     def start_network(self, vlan: int) -> dict[str, Any]:
         answer: dict[str, Any] = self.rpc.call("POST", "/v1/networks", {"vlan": vlan})
         return answer
+
+    def put_security_group(self, group: SecurityGroup) -> None:
+        self.rpc.call("PUT", f"/v1/security-groups/{group.group_id}", group.to_api())
+
+    def delete_security_group(self, group_id: str) -> None:
+        self.rpc.call("DELETE", f"/v1/security-groups/{group_id}")
+
+    def describe_security_groups(self) -> list[SecurityGroup]:
+        answer = self.rpc.call("GET", "/v1/security-groups")
+        return [SecurityGroup.from_api(g["group_id"], g) for g in answer["security_groups"]]

@@ -35,10 +35,12 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class NicSpec:
-    """A NIC on ``bridge``, or on QEMU's user-mode network when ``bridge`` is None."""
+    """A NIC on ``bridge`` through tap ``device``, or on QEMU's user-mode network when
+    ``bridge`` is None."""
 
     mac: str
     bridge: str | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if not _MAC.match(self.mac):

@@ -45,11 +45,67 @@ class ImageRef:
 @dataclass(frozen=True)
 class NetConfig:
     """Where the instance's NICs go: public onto the node's public bridge, private onto
-    the VLAN's bridge made by startNetwork. Either may be absent."""
+    the VLAN's bridge made by startNetwork. Either may be absent. A NIC may send only from
+    its MAC and, where given, its address. ``security_groups``: the groups whose rules
+    let packets reach and leave the instance (none: nothing but DHCP and the metadata
+    service); absent (None): the caller enforces no groups, only the anti-spoofing holds.
+    """
 
     public_mac: str | None = None
     private_mac: str | None = None
     vlan: int | None = None
+    public_ip: str | None = None
+    private_ip: str | None = None
+    security_groups: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> NetConfig:
+        groups = data.get("security_groups")
+        return cls(**{**data, "security_groups": None if groups is None else tuple(groups)})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One allowed flow: ``protocol`` is tcp, udp, icmp or all; ports are a range (for
+    icmp: type and code, -1 for any); the peer is ``cidr`` or the members of
+    ``group_id``."""
+
+    protocol: str
+    from_port: int = -1
+    to_port: int = -1
+    cidr: str = ""
+    group_id: str = ""
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    """A group as the node applies it: its rules, and the addresses of its members
+    across the cloud (for the rules of other groups that name it)."""
+
+    group_id: str
+    members: tuple[str, ...] = ()
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+
+    @classmethod
+    def from_api(cls, group_id: str, data: dict[str, Any]) -> SecurityGroup:
+        return cls(
+            group_id=group_id,
+            members=tuple(data.get("members", ())),
+            ingress=tuple(Rule(**r) for r in data.get("ingress", ())),
+            egress=tuple(Rule(**r) for r in data.get("egress", ())),
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        def rules(of: tuple[Rule, ...]) -> list[dict[str, Any]]:
+            return [{k: v for k, v in asdict(r).items() if v != ""} for r in of]
+
+        return {
+            "group_id": self.group_id,
+            "members": list(self.members),
+            "ingress": rules(self.ingress),
+            "egress": rules(self.egress),
+        }
 
 
 @dataclass(frozen=True)
@@ -113,7 +169,7 @@ class Instance:
                 "image": root,
                 "kernel": image(data.get("kernel")),
                 "ramdisk": image(data.get("ramdisk")),
-                "net": NetConfig(**data.get("net") or {}),
+                "net": NetConfig.from_api(data.get("net") or {}),
                 "state": NcState(data["state"]),
                 "failure": Failure(**data["failure"]) if data.get("failure") else None,
             }

@@ -3,19 +3,19 @@
 Instances' private NICs attach to their VLAN's bridge. Joining that bridge to the
 overlay (the VDE switch port or VXLAN device tagged with the VLAN) belongs to the
 networking work that builds on this; the operation and its answer already have their
-final form.
+final form. Links are made through netlink (pyroute2), not by running ``ip``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from mallee.common import host
-from mallee.common.errors import HostCommandFailed, NetworkNotFound, NetworkSetupFailed
+from pyroute2 import IPRoute, NetlinkError
 
-# ip answers at once; one that does not is stuck on the kernel's network lock.
-IP_TIMEOUT_S = 10.0
+from mallee.common.errors import NetworkNotFound, NetworkSetupFailed
 
 
 class Networks:
@@ -34,17 +34,18 @@ class Networks:
     def start(self, vlan: int) -> dict[str, object]:
         """Make the VLAN's bridge (idempotent) and bring it up."""
         bridge = self.bridge(vlan)
-        with self._lock:
+        with self._lock, _netlink(vlan) as ipr:
             if not self.is_started(vlan):
-                _ip(vlan, "link", "add", bridge, "type", "bridge")
-            _ip(vlan, "link", "set", bridge, "up")
+                ipr.link("add", ifname=bridge, kind="bridge")
+            ipr.link("set", index=ipr.link_lookup(ifname=bridge)[0], state="up")
         return {"vlan": vlan, "bridge": bridge}
 
     def stop(self, vlan: int) -> None:
         with self._lock:
             if not self.is_started(vlan):
                 raise NetworkNotFound(f"no network for VLAN {vlan} on this node")
-            _ip(vlan, "link", "del", self.bridge(vlan))
+            with _netlink(vlan) as ipr:
+                ipr.link("del", index=ipr.link_lookup(ifname=self.bridge(vlan))[0])
 
     def started(self) -> list[dict[str, object]]:
         return [
@@ -54,9 +55,12 @@ class Networks:
         ]
 
 
-def _ip(vlan: int, *args: str) -> None:
-    """``ip ARGS`` for VLAN ``vlan``'s network; its failure is that network's."""
+@contextmanager
+def _netlink(vlan: int) -> Iterator[IPRoute]:
+    """A netlink socket for one change of VLAN ``vlan``'s network; the kernel's refusal
+    is that network's failure."""
     try:
-        host.run("ip", *args, timeout_s=IP_TIMEOUT_S)
-    except HostCommandFailed as e:
-        raise NetworkSetupFailed(f"VLAN {vlan}: {e.message}") from e
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as e:
+        raise NetworkSetupFailed(f"VLAN {vlan}: {e}") from e

@@ -31,14 +31,17 @@ from mallee.common.errors import (
     MalleeError,
     NetworkInUse,
     NetworkNotStarted,
+    SecurityGroupInUse,
+    SecurityGroupNotFound,
 )
 from mallee.common.rpc import ClientTLS
 from mallee.nc import disks, resources
 from mallee.nc.config import NcConfig
 from mallee.nc.domain import DomainSpec, NicSpec, render_domain_xml
+from mallee.nc.firewall import Firewall, Port
 from mallee.nc.hypervisor import Hypervisor, choose_virt_type
 from mallee.nc.images import Cancellation, ImageCache, LaunchCancelled
-from mallee.nc.model import LIVE_STATES, Failure, Instance, NcState, NetConfig
+from mallee.nc.model import LIVE_STATES, Failure, Instance, NcState, SecurityGroup
 from mallee.nc.network import Networks
 from mallee.nc.store import MARKER, InstanceStore
 
@@ -53,7 +56,14 @@ DEFAULT_CMDLINE = {
 # How long terminateInstance waits for a cancelled launch to wind down before it answers
 # (shutting-down, then; the launch finishes the teardown).
 CANCEL_WAIT_S = 10.0
+FIREWALL_FILE = ".security-groups.json"  # in instance_dir: the groups the CC put
 TEARDOWN_WORKERS = 16  # a destroy that hangs holds one; the others go on
+
+
+def tap_name(instance_id: str, role: str) -> str:
+    """The tap of an instance's public or private NIC: at most 15 characters, as Linux
+    wants; libvirt's own ``vnetN`` would change at every start."""
+    return f"mt{role[0]}{instance_id.removeprefix('i-')[-11:]}"
 
 
 class RefusedToStart(RuntimeError):
@@ -86,6 +96,7 @@ class NodeController:
             image_tls,
         )
         self.networks = Networks(config.private_bridge_prefix)
+        self.firewall = Firewall(config.node_name, Path(config.instance_dir) / FIREWALL_FILE)
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
         self._launches: dict[str, _Launch] = {}
@@ -109,6 +120,7 @@ class NodeController:
                 age = min(max(age, 0.0), self._retention_s)
                 self._forget_at[instance.instance_id] = time.monotonic() + self._retention_s - age
         self._recovered = False
+        self._refresh_firewall()  # the rules the live instances need, before anything else
         try:
             self.recover_domains(at_start=True)
         except HypervisorUnavailable as e:
@@ -154,22 +166,50 @@ class NodeController:
             return Path(f"/var/log/xen/console/guest-{instance_id}.log")
         return self.store.directory(instance_id) / "console.log"
 
-    def _nics(self, net: NetConfig) -> tuple[NicSpec, ...]:
-        nics = []
+    def _nics(self, instance: Instance) -> tuple[NicSpec, ...]:
+        """The instance's NICs; each bridged one on a tap named after the instance and
+        its role, which the firewall's rules name."""
+        net, nics = instance.net, []
         if net.public_mac:
             if not self.config.public_bridge:
                 raise InvalidParameter(
                     "net.public_mac given, but this node has no public_bridge configured"
                 )
-            bridge = None if self.config.public_bridge == "user" else self.config.public_bridge
-            nics.append(NicSpec(net.public_mac, bridge))
+            if self.config.public_bridge == "user":
+                nics.append(NicSpec(net.public_mac))
+            else:
+                tap = tap_name(instance.instance_id, "public")
+                nics.append(NicSpec(net.public_mac, self.config.public_bridge, tap))
         if net.private_mac:
             if net.vlan is None:
                 raise InvalidParameter("net.private_mac needs net.vlan")
             if not self.networks.is_started(net.vlan):
                 raise NetworkNotStarted(f"the network of VLAN {net.vlan} is not started here")
-            nics.append(NicSpec(net.private_mac, self.networks.bridge(net.vlan)))
+            tap = tap_name(instance.instance_id, "private")
+            nics.append(NicSpec(net.private_mac, self.networks.bridge(net.vlan), tap))
         return tuple(nics)
+
+    def _ports(self) -> list[Port]:
+        """The firewall's view of the live instances' bridged NICs."""
+        with self._lock:
+            live = [i for i in self._instances.values() if i.state in LIVE_STATES]
+        ports = []
+        for instance in live:
+            net = instance.net
+            for role, mac, address in (
+                ("public", net.public_mac, net.public_ip),
+                ("private", net.private_mac, net.private_ip),
+            ):
+                if mac and (role == "private" or self.config.public_bridge != "user"):
+                    addresses = (address,) if address else ()
+                    device = tap_name(instance.instance_id, role)
+                    ports.append(Port(device, mac, addresses, net.security_groups))
+        return ports
+
+    def _refresh_firewall(self) -> None:
+        """Make the node's rules those of its live instances now. Never called with
+        self._lock held: the firewall takes its own lock first, then this one."""
+        self.firewall.apply(self._ports)
 
     # -- runInstance --------------------------------------------------------------------
 
@@ -178,7 +218,12 @@ class NodeController:
         be known now is refused now: a bad request, no room, libvirt not answering."""
         if self.virt_type == "xen" and instance.kernel is None:
             raise InvalidParameter("this node runs Xen paravirtual guests: a kernel is needed")
-        nics = self._nics(instance.net)
+        nics = self._nics(instance)
+        unknown = sorted(set(instance.net.security_groups or ()) - set(self.firewall.groups))
+        if unknown:
+            raise SecurityGroupNotFound(
+                f"security groups {unknown} are not known on this node (put them first)"
+            )
         self.hypervisor.check()
         if self.problem:
             raise HypervisorUnavailable(self.problem)
@@ -270,6 +315,7 @@ class NodeController:
         )
         xml = render_domain_xml(spec)
         (directory / "domain.xml").write_text(xml)
+        self._refresh_firewall()  # its rules hold before its first packet
         launch.cancellation.check()
         launch.domain_may_exist = True
         self.hypervisor.start(xml)
@@ -291,6 +337,7 @@ class NodeController:
                 return
         with self._lock:
             self._set(self._get(instance_id).with_state(NcState.TERMINATED, reason, failure))
+        self._refresh_firewall()
 
     # -- the other operations -----------------------------------------------------------
 
@@ -326,9 +373,15 @@ class NodeController:
                 launch.cancellation.cancel()
                 del self._launches[instance_id]
                 launch.done.set()
-                return self._set(instance.with_state(NcState.TERMINATED, "user request"))
-            if instance.state is not NcState.TEARDOWN:
-                instance = self._set(instance.with_state(NcState.TEARDOWN, "user request"))
+                instance = self._set(instance.with_state(NcState.TERMINATED, "user request"))
+                queued = True
+            else:
+                queued = False
+                if instance.state is not NcState.TEARDOWN:
+                    instance = self._set(instance.with_state(NcState.TEARDOWN, "user request"))
+        if queued:
+            self._refresh_firewall()
+            return instance
         if launch is not None:  # stop the launch; it undoes what it made
             launch.cancellation.cancel()
             launch.done.wait(CANCEL_WAIT_S)
@@ -342,7 +395,9 @@ class NodeController:
             instance = self._get(instance_id)
             if instance.state is NcState.TERMINATED:  # another caller finished first
                 return instance
-            return self._set(instance.with_state(NcState.TERMINATED, reason))
+            instance = self._set(instance.with_state(NcState.TERMINATED, reason))
+        self._refresh_firewall()
+        return instance
 
     def reboot_instance(self, instance_id: str) -> Instance:
         """A hard reset: the NC cannot know whether the guest honours ACPI."""
@@ -379,6 +434,22 @@ class NodeController:
 
     def start_network(self, vlan: int) -> dict[str, object]:
         return self.networks.start(vlan)
+
+    def put_security_group(self, group: SecurityGroup) -> None:
+        self.firewall.put_group(group, self._ports)
+
+    def delete_security_group(self, group_id: str) -> None:
+        if group_id not in self.firewall.groups:
+            raise SecurityGroupNotFound(f"security group {group_id} is not known on this node")
+        with self._lock:
+            users = sorted(
+                i.instance_id
+                for i in self._instances.values()
+                if i.state in LIVE_STATES and group_id in (i.net.security_groups or ())
+            )
+        if users:
+            raise SecurityGroupInUse(f"security group {group_id} is used by instances {users}")
+        self.firewall.delete_group(group_id, self._ports)
 
     def stop_network(self, vlan: int) -> None:
         with self._lock:

@@ -189,3 +189,42 @@ def test_plain_http_is_not_served(nc_factory: Callable[..., NcDaemon]) -> None:
     nc = nc_factory()
     with pytest.raises(Unreachable):
         RpcClient(nc.url.replace("https", "http"), retries=0).call("GET", "/healthz")
+
+
+def test_security_group_mistakes(nc_factory: Callable[..., NcDaemon], blank_image: Any) -> None:
+    """A malformed rule is refused naming it; an instance in a group the node was not
+    given, or the removal of a group a live instance is in, is refused and changes
+    nothing."""
+    nc = nc_factory()
+    _, image = blank_image
+    group = "/v1/security-groups/sg-0000000b"
+    bad_rule = {"ingress": [{"protocol": "gre", "cidr": "10.0.0.0/8"}]}
+    error = error_of(lambda: nc.client.call("PUT", group, bad_rule))
+    assert (error.status, error.code) == (400, "MalformedRequest")
+    assert "'gre' is not one of" in error.message
+    bad_id = "/v1/security-groups/sg-nothex!"
+    error = error_of(lambda: nc.client.call("PUT", bad_id, {}))
+    assert (error.status, error.code) == (400, "MalformedRequest")
+    assert nc.client.call("GET", "/v1/security-groups") == {"security_groups": []}
+
+    in_group = {**request(UNKNOWN, image), "net": {"security_groups": ["sg-0000000b"]}}
+    error = error_of(lambda: nc.client.call("POST", "/v1/instances", in_group))
+    assert (error.status, error.code) == (404, "InvalidGroup.NotFound")
+    assert "sg-0000000b" in error.message
+    assert_nothing_left(nc)
+
+    nc.client.call(
+        "PUT",
+        group,
+        {"ingress": [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}]},
+    )
+    nc.launch(in_group)
+    error = error_of(lambda: nc.client.call("DELETE", group))
+    assert (error.status, error.code) == (409, "DependencyViolation")
+    assert UNKNOWN in error.message
+    [kept] = nc.client.call("GET", "/v1/security-groups")["security_groups"]
+    assert kept["ingress"][0]["from_port"] == 22
+    nc.client.call("DELETE", f"/v1/instances/{UNKNOWN}")
+    nc.client.call("DELETE", group)
+    assert nc.client.call("GET", "/v1/security-groups") == {"security_groups": []}
+    assert_nothing_left(nc)

@@ -28,6 +28,7 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAP
 from mallee.common import host, tls
 from mallee.common.rpc import ClientTLS, RpcClient
 from mallee.nc.domain import METADATA_NS
+from mallee.nc.service import FIREWALL_FILE
 from mallee.nc.store import MARKER, RECORD
 from tests.support.guest import wait_until
 
@@ -341,12 +342,12 @@ class NcDaemon(Daemon):
 
     def files(self) -> list[str]:
         """What instances left under the instance folder, relative to it: everything
-        but the folder's marker and the records of terminated instances (kept for
-        terminated_retention_s)."""
+        but the folder's marker, the security groups the node holds, and the records of
+        terminated instances (kept for terminated_retention_s)."""
         root = self.instance_dir
         left = []
         for path in sorted(root.rglob("*")) if root.exists() else []:
-            if path.is_dir() or path.name == MARKER:
+            if path.is_dir() or path.name in (MARKER, FIREWALL_FILE):
                 continue
             if path.name == RECORD and json.loads(path.read_text())["state"] == "terminated":
                 continue

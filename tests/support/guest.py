@@ -6,15 +6,20 @@ taken from ``$MALLEE_GUEST_DIR`` when that holds a build.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import libvirt
 
 from mallee.common import host
 from mallee.common.rpc import RpcClient
@@ -123,3 +128,65 @@ def wait_for_console(
     except TimeoutError as e:
         raise TimeoutError(f"{e}; the console so far:\n{output[-3000:]}") from None
     return output
+
+
+class GuestShell:
+    """Commands typed on a guest's serial console, where the tiny guest keeps a root
+    shell, through libvirt's console stream (as `virsh console` does). What the guest
+    says there is read back from the same stream, by a thread that drains it."""
+
+    def __init__(self, libvirt_uri: str, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self._connection = libvirt.open(libvirt_uri)
+        self._stream = self._connection.newStream(0)
+        domain = self._connection.lookupByName(instance_id)
+        domain.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        self._output = b""
+        self._lock = threading.Lock()
+        self._commands = 0
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = self._stream.recv(4096)
+            except libvirt.libvirtError:
+                return
+            if not isinstance(chunk, bytes) or not chunk:
+                return
+            with self._lock:
+                self._output += chunk
+
+    def run(self, command: str, timeout_s: float = 30) -> tuple[int, str]:
+        """Run ``command`` in the guest's shell; its exit status and what it printed."""
+        self._commands += 1
+        mark = f"@@{self._commands}"
+        with self._lock:
+            start = len(self._output)
+        # The shell echoes the line as typed, "$?" unexpanded: only the answer has digits.
+        self._stream.send(f'{command}\necho "{mark} $?"\n'.encode())
+        answer = re.compile(rf"^{mark} (\d+)\r?$", re.MULTILINE)
+        found: re.Match[str] | None = None
+
+        def answered() -> bool:
+            nonlocal found
+            with self._lock:
+                found = answer.search(self._output[start:].decode(errors="replace"))
+            return found is not None
+
+        try:
+            wait_until(answered, timeout_s, f"`{command}` to finish in {self.instance_id}")
+        except TimeoutError as e:
+            with self._lock:
+                said = self._output[start:].decode(errors="replace")
+            raise TimeoutError(f"{e}; its console since:\n{said[-2000:]}") from None
+        assert found is not None
+        with self._lock:
+            text = self._output[start:].decode(errors="replace")
+        return int(found.group(1)), text[: found.start()]
+
+    def close(self) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            self._stream.finish()
+        self._connection.close()

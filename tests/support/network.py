@@ -7,7 +7,9 @@ host can reach) are untouched."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from pyroute2 import netns as pyroute2_netns
 
 from mallee.common import host
 from mallee.common.errors import HostCommandFailed
@@ -133,6 +137,17 @@ class InstanceNetwork:
 
     bridge: str
     subnet: str
+    netns: str  # the router's: the "public" side
+    gateway: str  # the router's address on the bridge
+
+    def address(self, host_number: int) -> str:
+        return str(ipaddress.ip_network(self.subnet)[host_number])
+
+    def mac(self, host_number: int) -> str:
+        """The MAC the network's DHCP gives ``address(host_number)``."""
+        return "d0:0d:" + ":".join(
+            f"{b:02x}" for b in ipaddress.ip_address(self.address(host_number)).packed
+        )
 
 
 @contextmanager
@@ -192,7 +207,7 @@ def instance_network(workdir: Path, metadata_port: int) -> Iterator[InstanceNetw
             )
         )
         _wait_listening(netns, processes, {f"udp:{DHCP_PORT}"})
-        yield InstanceNetwork(bridge, subnet)
+        yield InstanceNetwork(bridge, subnet, netns, gateway)
     finally:
         for process in processes:
             process.terminate()
@@ -206,3 +221,23 @@ def instance_network(workdir: Path, metadata_port: int) -> Iterator[InstanceNetw
         ):
             with contextlib.suppress(HostCommandFailed):  # what a failed setup never made
                 host.run("ip", *argv)
+
+
+@contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """Run the block's network calls in ``netns`` (this thread only); sockets made here
+    stay in it."""
+    pyroute2_netns.pushns(netns)
+    try:
+        yield
+    finally:
+        pyroute2_netns.popns()
+
+
+def connect(netns: str, address: str, port: int, timeout_s: float = 1.0) -> socket.socket | None:
+    """A TCP connection from ``netns``, or None if none was made within ``timeout_s``."""
+    with inside(netns):
+        try:
+            return socket.create_connection((address, port), timeout=timeout_s)
+        except OSError:
+            return None

@@ -1,0 +1,44 @@
+"""nftables through its JSON API (``nft -j -f -``, libnftables' own format).
+
+A batch is one kernel transaction: it applies whole or not at all, so a bad rule
+anywhere leaves the previous ruleset in place. Tables are replaced whole (add, delete,
+add again in one batch: nft 1.0.6 has no ``destroy``), which makes every change
+idempotent and leaves no rule of an older ruleset behind.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mallee.common import host
+
+# nft answers in milliseconds; one that does not is stuck on the kernel's netlink lock.
+NFT_TIMEOUT_S = 10.0
+
+Command = dict[str, Any]
+
+
+def apply(commands: list[Command]) -> None:
+    """Run ``commands`` as one transaction; HostCommandFailed if the kernel refuses any."""
+    host.run(
+        "nft", "-j", "-f", "-", timeout_s=NFT_TIMEOUT_S, stdin=json.dumps({"nftables": commands})
+    )
+
+
+def replace_table(family: str, name: str, contents: list[Command]) -> list[Command]:
+    """The commands that make table ``family name`` hold exactly ``contents`` (chains,
+    sets, rules, each naming this table), whatever it held before."""
+    table = {"family": family, "name": name}
+    return [
+        {"add": {"table": table}},
+        {"delete": {"table": table}},
+        {"add": {"table": table}},
+        *contents,
+    ]
+
+
+def remove_table(family: str, name: str) -> list[Command]:
+    """The commands that remove table ``family name`` if it exists."""
+    table = {"family": family, "name": name}
+    return [{"add": {"table": table}}, {"delete": {"table": table}}]
