@@ -9,6 +9,7 @@ import flask
 from mallee.cc.service import ClusterController
 from mallee.common import rpc
 from mallee.common.capacity import VmType
+from mallee.nc.model import SecurityGroup
 
 bp = flask.Blueprint("cc", __name__, url_prefix="/v1")
 
@@ -70,3 +71,22 @@ def describe_resources() -> dict[str, Any]:
     body = rpc.json_body("DescribeResourcesRequest")
     vm_types = [VmType(**t) for t in body["vm_types"]]
     return {"vm_types": _cc().describe_resources(vm_types)}
+
+
+@bp.get("/security-groups")
+def describe_security_groups() -> dict[str, Any]:
+    return {"security_groups": [g.to_api() for g in _cc().security_groups()]}
+
+
+@bp.put("/security-groups/<group_id>")
+def put_security_group(group_id: str) -> dict[str, Any]:
+    rpc.path_value("SecurityGroupId", group_id)
+    group = SecurityGroup.from_api(group_id, rpc.json_body("SecurityGroup"))
+    _cc().put_security_group(group)
+    return group.to_api()
+
+
+@bp.delete("/security-groups/<group_id>")
+def delete_security_group(group_id: str) -> dict[str, Any]:
+    _cc().delete_security_group(group_id)
+    return {"group_id": group_id}

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from mallee.common.capacity import VmType
 from mallee.common.rpc import RemoteError, RpcClient
+from mallee.nc.model import SecurityGroup
 
 # How long a runInstances may take: the CC answers once every instance's NC has
 # fetched its images and started its domain.
@@ -118,6 +119,19 @@ class CcClient:
     def describe_nodes(self) -> list[NodeInfo]:
         answer = self.rpc.call("GET", "/v1/nodes")
         return self._read(answer, lambda a: [_node(n) for n in a["nodes"]])
+
+    def put_security_group(self, group: SecurityGroup) -> None:
+        self.rpc.call("PUT", f"/v1/security-groups/{group.group_id}", group.to_api())
+
+    def delete_security_group(self, group_id: str) -> None:
+        self.rpc.call("DELETE", f"/v1/security-groups/{group_id}")
+
+    def describe_security_groups(self) -> list[SecurityGroup]:
+        answer = self.rpc.call("GET", "/v1/security-groups")
+        return self._read(
+            answer,
+            lambda a: [SecurityGroup.from_api(g["group_id"], g) for g in a["security_groups"]],
+        )
 
 
 def _node(node: dict[str, Any]) -> NodeInfo:

@@ -42,6 +42,7 @@ class NodeState:
     available: Capacity | None = None
     instances: dict[str, NcInstance] = field(default_factory=dict)
     poll_started: float = float("-inf")  # when the poll last applied began (monotonic)
+    groups_in_step: bool = False  # holds the cluster's security groups as they are
 
     def to_api(self) -> dict[str, Any]:
         def capacity(c: Capacity | None) -> dict[str, int] | None:

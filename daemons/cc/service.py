@@ -23,6 +23,7 @@ from typing import Any
 
 from mallee.cc import scheduler
 from mallee.cc.config import CcConfig
+from mallee.cc.groups import GroupStore
 from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
 from mallee.cc.registry import NodeRegistry
 from mallee.common.capacity import VmType
@@ -36,11 +37,12 @@ from mallee.common.errors import (
     NodeInUse,
     NodeNotFound,
     NodesUnavailable,
+    SecurityGroupNotFound,
 )
 from mallee.common.metrics import Metrics
 from mallee.common.rpc import ClientTLS, RemoteError, RpcClient, Unreachable
 from mallee.nc.client import NcClient, NcInstance
-from mallee.nc.model import NcState
+from mallee.nc.model import NcState, SecurityGroup
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ class ClusterController:
         self._make_client = make_client
         self._started = time.monotonic()
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
+        self.groups = GroupStore(Path(config.state_dir) / "cc.db")
+        # Changes of the groups and the bringing of nodes in step, one at a time: a node
+        # is never left with an older version than the store's.
+        self._groups_lock = threading.Lock()
         self.policy = scheduler.policy(config.scheduler)
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeState] = {}
@@ -192,6 +198,8 @@ class ClusterController:
             return  # deregistered meanwhile
         started = time.monotonic()
         try:
+            if not state.groups_in_step:
+                self._bring_groups_in_step(state, clients.poll)
             # Instances first, then resources: an instance seen in the list is then
             # also counted in the figures, so a reservation released for it is never
             # counted twice nor lost.
@@ -231,6 +239,7 @@ class ClusterController:
             if self._nodes.get(state.node.name) is not state or started < state.poll_started:
                 return
             state.poll_started = started
+            state.groups_in_step = False  # it may have missed a change meanwhile
             now = time.monotonic()
             if error.code == HypervisorUnavailable.code:
                 health = Health.DEGRADED
@@ -244,6 +253,57 @@ class ClusterController:
                 logger.warning("node %s is %s: %s", state.node.name, health, error.message)
             state.health = health
             state.last_error = error.message
+
+    # -- security groups ----------------------------------------------------------------
+
+    def security_groups(self) -> list[SecurityGroup]:
+        return self.groups.all()
+
+    def put_security_group(self, group: SecurityGroup) -> None:
+        """Keep the group and put it on every node that answers, all at once; the others
+        get it when they answer again."""
+        with self._groups_lock:
+            self.groups.put(group)
+            self._on_every_node(lambda client: client.put_security_group(group))
+
+    def delete_security_group(self, group_id: str) -> None:
+        with self._groups_lock:
+            if not self.groups.delete(group_id):
+                raise SecurityGroupNotFound(f"security group {group_id} is not in this cluster")
+            self._on_every_node(lambda client: _forget_group(client, group_id))
+
+    def _on_every_node(self, change: Callable[[NcClient], None]) -> None:
+        """Make ``change`` on each node in step; one that fails is out of step until its
+        next answered poll. Groups lock held."""
+        with self._lock:
+            targets = [
+                (state, self._clients[name].poll)
+                for name, state in self._nodes.items()
+                if state.groups_in_step
+            ]
+
+        def apply(state: NodeState, client: NcClient) -> None:
+            try:
+                change(client)
+            except Exception as e:
+                logger.warning("node %s missed a security group change: %s", state.node.name, e)
+                with self._lock:
+                    state.groups_in_step = False
+
+        context = contextvars.copy_context
+        wait([self._refresh_pool.submit(context().run, apply, s, c) for s, c in targets])
+
+    def _bring_groups_in_step(self, state: NodeState, client: NcClient) -> None:
+        with self._groups_lock:
+            wanted = self.groups.all()
+            for group in wanted:
+                client.put_security_group(group)
+            kept = {g.group_id for g in wanted}
+            for held in client.describe_security_groups():
+                if held.group_id not in kept:
+                    _forget_group(client, held.group_id)
+            with self._lock:
+                state.groups_in_step = True
 
     # -- capacity -----------------------------------------------------------------------
 
@@ -565,3 +625,17 @@ class ClusterController:
         node = self._find([instance_id])[instance_id]["node"]
         output = self._node_clients(node).call.get_console_output(instance_id)
         return {"instance_id": instance_id, "output": output}
+
+
+def _forget_group(client: NcClient, group_id: str) -> None:
+    """Take a group off a node; one it does not hold is gone already, and one its live
+    instances still use stays until they end (the node refuses, and says so)."""
+    try:
+        client.delete_security_group(group_id)
+    except RemoteError as e:
+        if e.status == 404:
+            return
+        if e.status == 409:
+            logger.warning("a node keeps security group %s: %s", group_id, e.message)
+            return
+        raise

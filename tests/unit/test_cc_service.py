@@ -22,9 +22,11 @@ from mallee.common.errors import (
     MalleeError,
     NodeInUse,
     NodesUnavailable,
+    SecurityGroupNotFound,
 )
 from mallee.common.metrics import Metrics
 from mallee.common.rpc import RemoteError, Unreachable
+from mallee.nc.model import Rule, SecurityGroup
 
 SMALL: dict[str, Any] = {"name": "t1.small", "cores": 1, "memory_mb": 256, "disk_gb": 1}
 IMAGE = {"id": "emi-12345678", "url": "http://x/i", "digest": "sha256:" + "a" * 64}
@@ -64,6 +66,7 @@ class FakeNc:
         self.lose_answers = False  # admits the instance, then the answer is lost
         self.launch_failure: dict[str, Any] | None = None  # every launch fails so
         self.libvirt_down = False  # answers 503 HypervisorUnavailable, as the real NC
+        self.groups: dict[str, Any] = {}  # security groups put here
 
     def live(self) -> int:
         return sum(1 for i in self.instances.values() if i["nc_state"] != "terminated")
@@ -103,6 +106,8 @@ class FakeNc:
             if self.lose_answers:
                 raise Unreachable("read timed out", maybe_delivered=True)
             return nc_view(instance_id, "staging")
+        if path.startswith("/v1/security-groups"):
+            return self.handle_group(method, path.rpartition("/")[2], body)
         if method == "DELETE":
             instance_id = path.rsplit("/", 1)[1]
             if instance_id not in self.instances:
@@ -110,6 +115,17 @@ class FakeNc:
             self.instances[instance_id] = nc_view(instance_id, "terminated")
             return self.instances[instance_id]
         raise AssertionError(f"unexpected {method} {path}")
+
+    def handle_group(self, method: str, group_id: str, body: Any) -> Any:
+        if method == "GET":
+            return {"security_groups": list(self.groups.values())}
+        if method == "PUT":
+            self.groups[group_id] = {**body, "group_id": group_id}
+            return self.groups[group_id]
+        if group_id not in self.groups:
+            raise RemoteError(404, "InvalidGroup.NotFound", f"no {group_id}")
+        del self.groups[group_id]
+        return {"group_id": group_id}
 
 
 BROKEN = {"code": "LaunchFailed", "message": "libvirt broke", "status": 500}
@@ -131,7 +147,8 @@ class Cluster:
 
         config = CcConfig(state_dir=str(tmp_path), poll_interval_s=3600.0)
         self.cc = ClusterController(config, None, Metrics("test"), make_client=Client)  # type: ignore[arg-type]  # RpcClient.call only
-        for name in self.ncs:
+        registered = {n["name"] for n in self.cc.describe_nodes()}  # by an earlier CC
+        for name in [n for n in self.ncs if n not in registered]:
             self.cc.register_node(name, f"https://{name}:8775")
         self.cc.poll()
 
@@ -370,3 +387,58 @@ def test_failure_after_a_poll_saw_it_staging_still_moves_on(tmp_path: Path) -> N
     nc.handle = stage_poll_then_fail  # type: ignore[method-assign]
     [view] = cluster.run(iid(1))
     assert view["node"] == "b"
+
+
+def group(group_id: str, port: int) -> SecurityGroup:
+    rule = Rule("tcp", port, port, cidr="10.0.0.0/8")
+    return SecurityGroup(group_id, members=("10.1.0.5",), ingress=(rule,))
+
+
+def held(nc: FakeNc) -> dict[str, int]:
+    """The groups a node holds, each by the port its one rule opens."""
+    return {g: v["ingress"][0]["from_port"] for g, v in nc.groups.items()}
+
+
+def test_security_groups_reach_every_node_and_one_that_missed_a_change_catches_up(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(tmp_path, a=2, b=2)
+    cluster.cc.put_security_group(group("sg-0000000a", 22))
+    cluster.cc.put_security_group(group("sg-0000000b", 80))
+    assert (
+        held(cluster.ncs["a"])
+        == held(cluster.ncs["b"])
+        == {
+            "sg-0000000a": 22,
+            "sg-0000000b": 80,
+        }
+    )
+
+    cluster.ncs["b"].down = True
+    cluster.cc.poll()
+    cluster.cc.put_security_group(group("sg-0000000a", 443))
+    cluster.cc.delete_security_group("sg-0000000b")
+    assert held(cluster.ncs["a"]) == {"sg-0000000a": 443}
+    assert held(cluster.ncs["b"]) == {"sg-0000000a": 22, "sg-0000000b": 80}  # missed both
+
+    cluster.ncs["b"].down = False
+    cluster.cc.poll()
+    assert held(cluster.ncs["b"]) == {"sg-0000000a": 443}
+    assert cluster.health("b") == "up"
+
+
+def test_a_restarted_cc_keeps_its_groups_and_puts_them_on_its_nodes(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    cluster.cc.put_security_group(group("sg-0000000a", 22))
+    cluster.ncs["a"].groups.clear()  # say the node's disk was replaced
+
+    restarted = Cluster(tmp_path, a=2)  # the same store, a new process
+
+    assert [g.group_id for g in restarted.cc.security_groups()] == ["sg-0000000a"]
+    assert held(restarted.ncs["a"]) == {"sg-0000000a": 22}
+
+
+def test_deleting_a_group_the_cluster_does_not_have(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, a=2)
+    with pytest.raises(SecurityGroupNotFound, match="sg-0000000c is not in this cluster"):
+        cluster.cc.delete_security_group("sg-0000000c")
