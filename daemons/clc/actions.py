@@ -291,6 +291,7 @@ def _rule_change(direction: str, change: Callable[..., None]) -> Handler:
             ctx.db, ctx.caller.user, params.get("GroupId"), params.get("GroupName"), lock="keep"
         )
         change(ctx.db, group, direction, securitygroups.flows(ctx.db, group, params))
+        ctx.after_commit.append(ctx.cloud.vmcontrol.groups.sync)  # enforced when answered
         return {"Return": True}
 
     return handler

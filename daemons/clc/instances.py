@@ -37,6 +37,7 @@ STATE_CODES = {
     "stopping": 64,
     "stopped": 80,
 }
+LIVE = ("pending", "running", "shutting-down")  # states of an instance not ended
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from mallee.cc.client import CcClient, ClusterInstance, TypeRoom
 from mallee.clc import images, instances
 from mallee.clc.config import ClcConfig
 from mallee.clc.db import Cluster, ElasticAddress, Image, Instance, PrivateAddress, Sessions
+from mallee.clc.groupsync import GroupSync
 from mallee.clc.wire import Ec2Error
 from mallee.common.capacity import VmType
 from mallee.common.errors import MalleeError
@@ -53,8 +54,6 @@ from mallee.common.metrics import Metrics
 from mallee.common.rpc import Unreachable
 
 logger = logging.getLogger(__name__)
-
-LIVE = ("pending", "running", "shutting-down")
 
 
 class Reconciled(NamedTuple):
@@ -106,7 +105,7 @@ class ModelView:
         count = (
             select(func.count())
             .select_from(Instance)
-            .where(Instance.owner == owner, Instance.state.in_(LIVE))
+            .where(Instance.owner == owner, Instance.state.in_(instances.LIVE))
         )
         return int(self.db.scalar(count) or 0)
 
@@ -132,6 +131,7 @@ class VmControl:
         self._zones: dict[str, _Zone] = {}
         self._in_flight: set[str] = set()  # reservations this process is sending
         self._dispatcher = ThreadPoolExecutor(16, "clc-dispatch")
+        self.groups = GroupSync(sessions, cc_client)
         self._calls = ThreadPoolExecutor(16, "clc-calls")
 
     # -- the model the SLA policies read ------------------------------------------------
@@ -179,6 +179,7 @@ class VmControl:
 
     def _dispatch(self, reservation_id: str) -> None:
         try:
+            self.groups.sync()  # the instances' groups, with them as members, go first
             for zone_url, request in self._requests(reservation_id):
                 self._send(zone_url, request)
         except Exception:
@@ -230,7 +231,10 @@ class VmControl:
                 request["instances"].append(
                     {
                         "instance_id": instance.instance_id,
-                        "net": {"public_mac": instances.mac_of(instance.private_ip)},
+                        "net": {
+                            "public_mac": instances.mac_of(instance.private_ip),
+                            "security_groups": instance.group_ids,
+                        },
                     }
                 )
         return list(requests.items())
@@ -362,6 +366,7 @@ class VmControl:
         ]
         for future in futures:
             future.result()
+        self.groups.sync()  # members that ended, a CC that was away
         self.metrics.observe("clc_poll", time.perf_counter() - started)
 
     def poll_zone(self, zone: str, url: str) -> None:
@@ -384,6 +389,7 @@ class VmControl:
             rooms = client.describe_resources(self.catalog)
         except MalleeError as e:
             logger.info("zone %s does not answer: %s: %s", zone, e.code, e.message)
+            self.groups.forget(zone)
             with self._lock:
                 last = self._zones.get(zone)
                 self._zones[zone] = _Zone(False, last.rooms if last else {}, asked_at)
@@ -410,7 +416,9 @@ class VmControl:
                 for r in map(
                     Reconciled._make,
                     db.execute(
-                        select(*RECONCILED).where(Instance.zone == zone, Instance.state.in_(LIVE))
+                        select(*RECONCILED).where(
+                            Instance.zone == zone, Instance.state.in_(instances.LIVE)
+                        )
                     ),
                 )
             }
@@ -474,7 +482,7 @@ class VmControl:
             )
         if seen.state == "running" and record.state == "pending":
             self._move(db, instance_id, ("pending",), "running")
-        elif seen.state == "terminated" and record.state in LIVE:
+        elif seen.state == "terminated" and record.state in instances.LIVE:
             if self._end(db, instance_id, ("shutting-down",)):
                 return
             reason = seen.reason or "InternalError: the instance ended"

@@ -13,7 +13,7 @@ from mallee.common.openapi import OpenApiSpec
 from mallee.common.periodic import Periodic
 from mallee.nc import api, hostcheck
 from mallee.nc.config import NcConfig
-from mallee.nc.service import NodeController
+from mallee.nc.service import NodeController, RefusedToStart
 
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
@@ -25,6 +25,9 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     app = flask.Flask(__name__)
     if problem := hostcheck.kvm_problem(nc_config.libvirt_uri):
         app.logger.warning(problem)
+    bridged = nc_config.public_bridge not in ("", "user")
+    if bridged and (problem := hostcheck.bridge_filtering_problem()):
+        raise RefusedToStart(problem)
     image_tls = (
         rpc.ClientTLS(common.ca_cert, nc_config.tls_cert, nc_config.tls_key) if common.tls else None
     )

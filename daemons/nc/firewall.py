@@ -21,6 +21,7 @@ sends, not only its first, so a revoked rule cuts flows at once.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -38,6 +39,8 @@ from mallee.nc.model import Rule, SecurityGroup
 METADATA_ADDRESS = "169.254.169.254"
 
 Expr = dict[str, Any]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -301,6 +304,7 @@ class Firewall:
         self.table = table_name(node_name)
         self.path = path
         self._lock = threading.Lock()
+        self._removed = False  # known to have no table (a restart may have left some)
         self.groups: dict[str, SecurityGroup] = {}
         if path.exists():
             saved = json.loads(path.read_text())
@@ -324,15 +328,27 @@ class Firewall:
 
     def _apply(self, ports: list[Port], groups: dict[str, SecurityGroup]) -> None:
         """The node's tables for ``ports``; none at all while it has no instance."""
-        if ports:
-            commands = Ruleset(self.table, ports, groups).build()
-        else:
-            commands = nftables.remove_table("bridge", self.table)
-            commands += nftables.remove_table("inet", self.table)
+        if not ports:
+            self._remove()
+            return
+        try:
+            nftables.apply(Ruleset(self.table, ports, groups).build())
+        except HostCommandFailed as e:
+            raise NetworkSetupFailed(f"the node's firewall: {e.message}") from e
+        self._removed = False
+
+    def _remove(self) -> None:
+        """No instance NIC to filter: no table. Failing that is logged, not raised:
+        nothing is left to protect (and a node of user-mode NICs may run without nft)."""
+        if self._removed:
+            return
+        commands = nftables.remove_table("bridge", self.table)
+        commands += nftables.remove_table("inet", self.table)
         try:
             nftables.apply(commands)
         except HostCommandFailed as e:
-            raise NetworkSetupFailed(f"the node's firewall: {e.message}") from e
+            logger.warning("could not remove the node's firewall tables: %s", e.message)
+        self._removed = True
 
     def _save(self, groups: dict[str, SecurityGroup]) -> None:
         part = self.path.with_suffix(".part")

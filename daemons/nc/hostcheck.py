@@ -1,4 +1,5 @@
-"""Host problems the NC can name at start, before they show up as slow launches.
+"""Host problems the NC can name at start, before they show up as slow launches or as
+rules that hold nothing.
 
 When QEMU's user cannot open ``/dev/kvm`` (no udev applied Debian's ``root:kvm 0660``
 rule), libvirt 9.0 finds on every lookup that KVM "was enabled when probing, but it is
@@ -19,6 +20,9 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 KVM_DEVICE = Path("/dev/kvm")
+# Whether bridged IPv4 passes nftables' inet hooks (br_netfilter), where the security
+# groups are.
+BRIDGE_FILTERING = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 # What Debian's libvirt runs QEMU as when qemu.conf does not say.
 DEFAULT_QEMU_USER = "libvirt-qemu"
@@ -105,3 +109,23 @@ def kvm_problem(
         f"takes a minute to start: make it root:kvm 0660 with {user} in group kvm "
         f"(tools/prepare-host does both)."
     )
+
+
+def bridge_filtering_problem(setting: Path = BRIDGE_FILTERING) -> str:
+    """Why security groups would hold nothing on this host's bridges ("" if they hold):
+    they filter bridged IPv4 in nftables' inet forward hook, which only br_netfilter
+    lets it reach."""
+    if not setting.exists():
+        return (
+            "bridged instance NICs cannot be filtered here: the kernel module br_netfilter "
+            "is not loaded (modprobe br_netfilter; mallee's installer does so at boot), so "
+            "security groups would hold nothing; without it, run instances on QEMU's "
+            'user-mode network (public_bridge = "user")'
+        )
+    if setting.read_text().strip() != "1":
+        return (
+            f"bridged instance NICs cannot be filtered here: {setting} is 0, so bridged IPv4 "
+            "skips nftables and security groups would hold nothing (sysctl -w "
+            "net.bridge.bridge-nf-call-iptables=1; mallee's installer sets it)"
+        )
+    return ""

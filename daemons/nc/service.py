@@ -31,11 +31,12 @@ from mallee.common.errors import (
     MalleeError,
     NetworkInUse,
     NetworkNotStarted,
+    NetworkSetupFailed,
     SecurityGroupInUse,
     SecurityGroupNotFound,
 )
 from mallee.common.rpc import ClientTLS
-from mallee.nc import disks, resources
+from mallee.nc import disks, hostcheck, resources
 from mallee.nc.config import NcConfig
 from mallee.nc.domain import DomainSpec, NicSpec, render_domain_xml
 from mallee.nc.firewall import Firewall, Port
@@ -433,6 +434,8 @@ class NodeController:
         }
 
     def start_network(self, vlan: int) -> dict[str, object]:
+        if problem := hostcheck.bridge_filtering_problem():
+            raise NetworkSetupFailed(problem)
         return self.networks.start(vlan)
 
     def put_security_group(self, group: SecurityGroup) -> None:

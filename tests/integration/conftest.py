@@ -18,7 +18,7 @@ import pytest
 from tests.support import daemons
 from tests.support import guest as guest_image
 from tests.support import postgres as postgres_server
-from tests.support.cluster import register
+from tests.support.cluster import NetworkedCloud, register
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki, free_port
 from tests.support.guest import GuestImage
 from tests.support.http import serve_directory
@@ -124,7 +124,7 @@ def networked_cloud(
     clc_factory: Callable[..., ClcDaemon],
     guest: GuestImage,
     tmp_path: Path,
-) -> Iterator[tuple[ClcDaemon, str, list[NcDaemon]]]:
+) -> Iterator[NetworkedCloud]:
     """A CLC with one zone of two real NCs (round-robin) and the tiny guest registered
     (its emi id), on a network whose router redirects 169.254.169.254 to the CLC's
     metadata port, as a cluster's does; addresses 192.0.2.33 to .38 to allocate."""
@@ -141,7 +141,7 @@ def networked_cloud(
             public_addresses=["192.0.2.32/29"],
         )
         clc.admin("cluster", "add", "zone-a", cc.url)
-        yield clc, clc.add_image("ttylinux", guest.directory), ncs
+        yield NetworkedCloud(clc, clc.add_image("ttylinux", guest.directory), ncs, net)
 
 
 @pytest.fixture(scope="session")

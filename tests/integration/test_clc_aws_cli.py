@@ -5,56 +5,23 @@ network whose router redirects 169.254.169.254 to the CLC (``networked_cloud``).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.daemons import REPO, ClcDaemon, NcDaemon
+from tests.support.aws import CLIS, Aws
+from tests.support.cluster import NetworkedCloud
 from tests.support.ec2 import new_public_key
 from tests.support.guest import MARKER, wait_until
-
-CLIS = {
-    "v2": Path("/usr/bin/aws"),  # Debian's awscli
-    "v1": REPO / ".venv-awscli1" / "bin" / "aws",  # PyPI's awscli 1.x
-}
-
-
-class Aws:
-    """One aws CLI with a user's credentials bundle, as `mallee-admin` writes it."""
-
-    def __init__(self, program: Path, bundle: Path, url: str) -> None:
-        if not program.exists():
-            raise FileNotFoundError(f"{program}: run tools/prepare-host")
-        self.program = program
-        self.url = url
-        keys = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in (bundle / "mallee.rc").read_text().splitlines()
-            if line.startswith("export ")
-        )
-        self.env = {"PATH": os.environ["PATH"], "HOME": str(bundle), **keys}
-
-    def __call__(self, *args: str) -> Any:
-        command = [str(self.program), "--endpoint-url", self.url, "--output", "json", "ec2", *args]
-        done = subprocess.run(
-            command, env=self.env, capture_output=True, text=True, timeout=900, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"aws ec2 {' '.join(args)}: {done.stderr.strip()}")
-        return json.loads(done.stdout) if done.stdout.strip() else None
 
 
 @pytest.mark.parametrize("version", sorted(CLIS))
 def test_a_whole_workflow_with_the_aws_cli(
     version: str,
-    networked_cloud: tuple[ClcDaemon, str, list[NcDaemon]],
+    networked_cloud: NetworkedCloud,
     tmp_path: Path,
 ) -> None:
-    clc, emi, ncs = networked_cloud
+    clc, emi, ncs, _ = networked_cloud
     clc.admin("user", "create", "alice", "--bundle", str(tmp_path / "alice"))
     aws = Aws(CLIS[version], tmp_path / "alice", clc.url)
     key = tmp_path / "key.pub"

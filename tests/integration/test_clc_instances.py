@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.cluster import register
+from tests.support.cluster import NetworkedCloud, register
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon
 from tests.support.ec2 import new_public_key
 from tests.support.guest import MARKER, GuestImage, wait_until
@@ -49,11 +49,11 @@ def cloud(
 
 
 def test_instances_run_boot_and_end(
-    networked_cloud: tuple[ClcDaemon, str, list[NcDaemon]],
+    networked_cloud: NetworkedCloud,
 ) -> None:
     """The whole workflow with boto3: keys, groups, two instances with user-data and
     tags, the waiters, the console, filters, the guest's own metadata, an address."""
-    clc, emi, ncs = networked_cloud
+    clc, emi, ncs, _ = networked_cloud
     ec2 = clc.ec2("alice")
     [image] = ec2.describe_images(ImageIds=[emi])["Images"]
     assert (image["ImageType"], image["State"], image["Public"]) == ("machine", "available", True)

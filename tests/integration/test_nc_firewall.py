@@ -85,6 +85,13 @@ def test_an_ingress_rule_opens_a_port_and_revoking_it_cuts_open_flows(
         with connection:
             assert echoes(connection)
             assert not router_pings(lan, address)  # the rule opens TCP to that port only
+
+            # The rules hold while the NC is away, and after its restart.
+            nc.kill9()
+            assert echoes(connection) and not router_pings(lan, address)
+            nc.start()
+            assert echoes(connection) and not router_pings(lan, address)
+
             put_group(nc, ingress=[], egress=ALL_EGRESS)
             assert not echoes(connection)  # the open flow is cut at once
     finally:

@@ -7,11 +7,23 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from tests.support.daemons import CcDaemon, NcDaemon
+from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon
 from tests.support.guest import wait_until
 from tests.support.http import FileServer, serve_directory
+from tests.support.network import InstanceNetwork
+
+
+class NetworkedCloud(NamedTuple):
+    """A CLC with one zone of real NCs on an instance network (the fixture
+    ``networked_cloud``), and the tiny guest's emi id."""
+
+    clc: ClcDaemon
+    emi: str
+    ncs: list[NcDaemon]
+    net: InstanceNetwork
+
 
 SMALL = {"name": "t1.small", "cores": 1, "memory_mb": 256, "disk_gb": 1}
 BIG = {"name": "t1.big", "cores": 3, "memory_mb": 256, "disk_gb": 1}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pyroute2 import netns as pyroute2_netns
 
+from mallee.clc.instances import mac_of
 from mallee.common import host
 from mallee.common.errors import HostCommandFailed
 
@@ -145,9 +146,7 @@ class InstanceNetwork:
 
     def mac(self, host_number: int) -> str:
         """The MAC the network's DHCP gives ``address(host_number)``."""
-        return "d0:0d:" + ":".join(
-            f"{b:02x}" for b in ipaddress.ip_address(self.address(host_number)).packed
-        )
+        return mac_of(self.address(host_number))
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from mallee.clc.frontend import Ec2Frontend
 from mallee.common.capacity import VmType
 from mallee.common.metrics import Metrics
 from mallee.common.rpc import RpcClient
+from mallee.nc.model import Rule, SecurityGroup
 from tests.support.ec2 import call
 from tests.support.guest import wait_until
 
@@ -29,6 +30,7 @@ class StandInCc(CcClient):
     def __init__(self) -> None:
         super().__init__(RpcClient("https://cc.invalid"))
         self.states: dict[str, str] = {}
+        self.groups: dict[str, SecurityGroup] = {}
 
     def describe_resources(self, vm_types: list[VmType]) -> list[TypeRoom]:
         return [TypeRoom(vm, 10, 10) for vm in vm_types]
@@ -50,6 +52,15 @@ class StandInCc(CcClient):
 
     def console_output(self, instance_id: str) -> str:
         return "MALLEE-BOOT-OK\n"
+
+    def describe_security_groups(self) -> list[SecurityGroup]:
+        return list(self.groups.values())
+
+    def put_security_group(self, group: SecurityGroup) -> None:
+        self.groups[group.group_id] = group
+
+    def delete_security_group(self, group_id: str) -> None:
+        del self.groups[group_id]
 
 
 @pytest.fixture
@@ -210,6 +221,58 @@ def test_a_listing_shows_each_change_of_an_instance_at_once(
     frontend.cloud.vmcontrol.poll()
     wait_until(lambda: described()["State"]["Name"] == "terminated", 10, "the instance to end")
     assert "PrivateIpAddress" not in described()  # an ended instance holds no address
+
+
+def test_the_cluster_holds_the_groups_of_live_instances_as_the_records_say(
+    cloud: tuple[Ec2Frontend, users.Credentials, users.Credentials, str],
+) -> None:
+    """A group goes to the CC with its first instance (with it as a member), a rule
+    change is there when its call answers, a group a rule names goes too (its members
+    are the rule's peers), and all go once their instances ended."""
+    frontend, alice, root, location = cloud
+    cc = frontend.cloud.vmcontrol.cc_client("https://cc.invalid")
+    assert isinstance(cc, StandInCc)
+
+    def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
+        status, answer = call(frontend, caller, action, **params)
+        assert status == 200, answer
+        return answer
+
+    emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
+    ok("ModifyImageAttribute", root, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    web = ok("CreateSecurityGroup", GroupName="web", Description="web")["GroupId"]
+    ssh: dict[str, Any] = {
+        "IpProtocol": "tcp",
+        "FromPort": 22,
+        "ToPort": 22,
+        "CidrIp": "10.0.0.0/8",
+    }
+    ok("AuthorizeSecurityGroupIngress", GroupId=web, **ssh)
+    assert cc.groups == {}  # no instance is in it yet
+    [instance] = ok("RunInstances", ImageId=emi, MinCount=1, MaxCount=1, SecurityGroupIds=[web])[
+        "Instances"
+    ]
+    wait_until(lambda: instance["InstanceId"] in cc.states, 10, "the instance to be sent")
+    everyone = Rule("-1", -1, -1, cidr="0.0.0.0/0")
+    assert cc.groups == {
+        web: SecurityGroup(
+            web,
+            members=(instance["PrivateIpAddress"],),
+            ingress=(Rule("tcp", 22, 22, cidr="10.0.0.0/8"),),
+            egress=(everyone,),
+        )
+    }
+
+    [default] = ok("DescribeSecurityGroups", GroupNames=["default"])["SecurityGroups"]
+    ok("AuthorizeSecurityGroupIngress", GroupId=web, SourceSecurityGroupName="default")
+    assert {r.group_id for r in cc.groups[web].ingress} == {"", default["GroupId"]}
+    assert cc.groups[default["GroupId"]].members == ()  # named by a rule, no member yet
+    ok("RevokeSecurityGroupIngress", GroupId=web, **ssh)
+    assert Rule("tcp", 22, 22, cidr="10.0.0.0/8") not in cc.groups[web].ingress
+
+    ok("TerminateInstances", InstanceIds=[instance["InstanceId"]])
+    frontend.cloud.vmcontrol.poll()
+    wait_until(lambda: not cc.groups, 10, "the groups to leave the cluster")
 
 
 def test_an_image_file_stays_while_an_image_names_it(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mallee.nc.hostcheck import kvm_problem, qemu_user_and_group
+from mallee.nc.hostcheck import bridge_filtering_problem, kvm_problem, qemu_user_and_group
 
 NOBODY = pwd.getpwnam("nobody")
 ROOT_GID = 0
@@ -119,3 +119,12 @@ def test_defaults_when_qemu_conf_is_silent(tmp_path: Path) -> None:
     only_group = tmp_path / "group.conf"
     only_group.write_text('group = "kvm"\n')
     assert qemu_user_and_group(only_group) == ("libvirt-qemu", "kvm")
+
+
+def test_bridge_filtering_names_what_is_missing(tmp_path: Path) -> None:
+    setting = tmp_path / "bridge-nf-call-iptables"
+    assert "br_netfilter is not loaded" in bridge_filtering_problem(setting)
+    setting.write_text("0\n")
+    assert "sysctl -w net.bridge.bridge-nf-call-iptables=1" in bridge_filtering_problem(setting)
+    setting.write_text("1\n")
+    assert bridge_filtering_problem(setting) == ""
