@@ -2,7 +2,8 @@
 endpoints attached exactly as instance NICs are, on one host, across two hosts natively,
 and across two hosts over each private overlay.
 
-Hosts are network namespaces joined by a veth pair (their "private" network). An
+Hosts are network namespaces joined by a veth pair (their "private" network), GRO on at
+both ends as physical NICs have it (a veth's is off by default). An
 instance is a namespace behind a veth named as an instance's tap, a port of its VLAN's
 bridge, made by the NC's own code (``Networks``); guests under TCG could not fill a link.
 
@@ -26,7 +27,6 @@ Each case: ``--trials`` iperf3 runs of ``--seconds`` each and as many pings of 5
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import shutil
@@ -34,13 +34,13 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from mallee.common import host
 from mallee.nc.network import Networks
 from mallee.nc.overlay import VdeSwitch, VxlanOverlay
+from tests.support.hosts import attach, link, namespaces, ns, pings, run_in
 from tests.support.network import inside
 
 RESULTS = Path(__file__).with_name("results")
@@ -51,79 +51,34 @@ TARGETS = {"vxlan": 0.9, "vde-tcp": 0.1, "vde-tcp-tuned": 0.1, "vde-udp": 0.1}
 CASES = ("same host", "native", "vxlan", "vde-tcp", "vde-tcp-tuned", "vde-udp", "plug-udp")
 
 
-def ns(name: str) -> str:
-    return f"mallee-f7-{name}"
-
-
-def run_in(netns: str, *argv: str, timeout_s: float = 120) -> str:
-    return host.run("ip", "netns", "exec", ns(netns), *argv, timeout_s=timeout_s)
-
-
-@contextmanager
-def hosts() -> Iterator[None]:
-    """Hosts a and b on their private network, instances x and y: namespaces only."""
-    names = ["a", "b", "x", "y"]
-    try:
-        for name in names:
-            host.run("ip", "netns", "add", ns(name))
-            host.run("ip", "-n", ns(name), "link", "set", "lo", "up")
-        host.run("ip", "-n", ns("a"), "link", "add", "eth0", "type", "veth",
-                 "peer", "name", "eth0", "netns", ns("b"))  # fmt: skip
-        yield
-    finally:
-        for name in names:
-            with contextlib.suppress(Exception):
-                host.run("ip", "netns", "del", ns(name))
-
-
-def attach(instance: str, on: str, bridge: str, mtu: int = 1500) -> None:
-    """Instance ``instance`` as an instance NIC: a veth whose host end (named as a tap)
-    is a port of ``bridge`` on host ``on``."""
-    tap = f"mtp{instance}f7"
-    host.run("ip", "-n", ns(on), "link", "add", tap, "type", "veth",
-             "peer", "name", "eth0", "netns", ns(instance))  # fmt: skip
-    host.run("ip", "-n", ns(on), "link", "set", tap, "master", bridge, "mtu", str(mtu), "up")
-    host.run("ip", "-n", ns(instance), "addr", "add", f"{ENDPOINTS[instance]}/24", "dev", "eth0")
-    host.run("ip", "-n", ns(instance), "link", "set", "eth0", "mtu", str(mtu), "up")
-
-
 def vlan_bridge(on: str) -> str:
     with inside(ns(on)):
         return str(Networks("mlvlan").start(VLAN)["bridge"])
 
 
-def underlay(on: str, enslave_to: str = "") -> None:
-    if enslave_to:
-        host.run("ip", "-n", ns(on), "link", "set", "eth0", "master", enslave_to, "up")
-        host.run("ip", "-n", ns(on), "addr", "add", f"{UNDERLAY[on]}/24", "dev", enslave_to)
-    else:
-        host.run("ip", "-n", ns(on), "addr", "add", f"{UNDERLAY[on]}/24", "dev", "eth0")
-        host.run("ip", "-n", ns(on), "link", "set", "eth0", "up")
-
-
 def build(case: str, workdir: Path) -> Callable[[], None]:
-    """Set ``case`` up; what undoes its processes (the namespaces go with ``hosts``)."""
+    """Set ``case`` up; what undoes its processes (the namespaces go with the hosts)."""
     if case == "same host":
         bridge = vlan_bridge("a")
-        attach("x", "a", bridge)
-        attach("y", "a", bridge)
+        attach("x", "a", bridge, ENDPOINTS["x"])
+        attach("y", "a", bridge, ENDPOINTS["y"])
         return lambda: None
-    bridges = {h: vlan_bridge(h) for h in ("a", "b")}
+    bridges = {h: vlan_bridge(h) for h in ("a", "b")}  # one name on both hosts
+    lan = bridges["a"] if case == "native" else ""
+    link("a", "b", UNDERLAY["a"], UNDERLAY["b"], enslave_to=lan)
+    for h in ("a", "b"):  # as a physical NIC has it (a veth's is off by default)
+        run_in(h, "ethtool", "-K", "eth0", "gro", "on")
     if case == "native":
-        for h in ("a", "b"):
-            underlay(h, enslave_to=bridges[h])
-        attach("x", "a", bridges["a"])
-        attach("y", "b", bridges["b"])
+        attach("x", "a", bridges["a"], ENDPOINTS["x"])
+        attach("y", "b", bridges["b"], ENDPOINTS["y"])
         return lambda: None
-    for h in ("a", "b"):
-        underlay(h)
     if case == "vxlan":
         for h, peer in (("a", "b"), ("b", "a")):
             overlay = VxlanOverlay(UNDERLAY[h])
             with inside(ns(h)):
                 overlay.join(VLAN, bridges[h], [UNDERLAY[peer]])
-        attach("x", "a", bridges["a"], mtu=overlay.mtu)
-        attach("y", "b", bridges["b"], mtu=overlay.mtu)
+        attach("x", "a", bridges["a"], ENDPOINTS["x"], mtu=overlay.mtu)
+        attach("y", "b", bridges["b"], ENDPOINTS["y"], mtu=overlay.mtu)
         return lambda: None
     if case == "plug-udp":  # no switch: each bridge's tap wired straight to the other's
         plugs = {h: VdeSwitch(workdir / f"vde-{h}") for h in ("a", "b")}
@@ -133,8 +88,8 @@ def build(case: str, workdir: Path) -> Callable[[], None]:
         time.sleep(0.5)
         for h in ("a", "b"):
             host.run("ip", "-n", ns(h), "link", "set", f"mlvd{VLAN}", "master", bridges[h], "up")
-        attach("x", "a", bridges["a"])
-        attach("y", "b", bridges["b"])
+        attach("x", "a", bridges["a"], ENDPOINTS["x"])
+        attach("y", "b", bridges["b"], ENDPOINTS["y"])
         switches = plugs
     else:
         switches = wired_switches(case, workdir, bridges)
@@ -172,17 +127,9 @@ def wired_switches(case: str, workdir: Path, bridges: dict[str, str]) -> dict[st
             switches["b"].plug(wire_b, pipe_to=connect)
         else:
             switches["b"].plug(wire_b, f"udp://17002->{UNDERLAY['a']}:17001")
-    attach("x", "a", bridges["a"])
-    attach("y", "b", bridges["b"])
+    attach("x", "a", bridges["a"], ENDPOINTS["x"])
+    attach("y", "b", bridges["b"], ENDPOINTS["y"])
     return switches
-
-
-def reachable() -> bool:
-    try:
-        run_in("x", "ping", "-c", "1", "-W", "1", ENDPOINTS["y"])
-        return True
-    except Exception:
-        return False
 
 
 def measure(trials: int, seconds: float) -> dict[str, list[float]]:
@@ -244,11 +191,11 @@ def main() -> None:
     figures: dict[str, dict[str, list[float]]] = {}
     for case in args.cases:
         workdir = Path(tempfile.mkdtemp(prefix="mallee-bench-fig7-"))
-        with hosts():
+        with namespaces("a", "b", "x", "y"):
             stop = build(case, workdir)
             try:
                 deadline = time.monotonic() + 20
-                while not reachable():
+                while not pings("x", ENDPOINTS["y"]):
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{case}: the endpoints do not reach each other")
                 figures[case] = measure(args.trials, args.seconds)

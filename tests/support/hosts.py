@@ -1,0 +1,70 @@
+"""Hosts and instances made of network namespaces, for tests and benchmarks of the
+network: a host is a namespace with its own links, bridges and processes; an instance
+is a namespace behind a veth whose host end is named as an instance's tap and is a port
+of a bridge on its host, as an NC attaches a guest's NIC."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mallee.common import host
+from mallee.common.errors import HostCommandFailed
+
+PREFIX = "mallee-h-"
+
+
+def ns(name: str) -> str:
+    return PREFIX + name
+
+
+def run_in(name: str, *argv: str, timeout_s: float = 120) -> str:
+    return host.run("ip", "netns", "exec", ns(name), *argv, timeout_s=timeout_s)
+
+
+@contextmanager
+def namespaces(*names: str) -> Iterator[None]:
+    """Namespaces ``names`` (loopback up), removed after with all they hold."""
+    try:
+        for name in names:
+            host.run("ip", "netns", "add", ns(name))
+            host.run("ip", "-n", ns(name), "link", "set", "lo", "up")
+        yield
+    finally:
+        for name in names:
+            with contextlib.suppress(HostCommandFailed):
+                host.run("ip", "netns", "del", ns(name))
+
+
+def link(a: str, b: str, address_a: str, address_b: str, enslave_to: str = "") -> None:
+    """Hosts ``a`` and ``b`` joined by a veth pair (``eth0`` on both sides), on a /24.
+    With ``enslave_to`` each ``eth0`` is a port of that bridge instead, which holds the
+    address (as a host's NIC on the LAN its public bridge is on)."""
+    host.run("ip", "-n", ns(a), "link", "add", "eth0", "type", "veth",
+             "peer", "name", "eth0", "netns", ns(b))  # fmt: skip
+    for name, address in ((a, address_a), (b, address_b)):
+        where = enslave_to or "eth0"
+        if enslave_to:
+            host.run("ip", "-n", ns(name), "link", "set", "eth0", "master", enslave_to)
+        host.run("ip", "-n", ns(name), "addr", "add", f"{address}/24", "dev", where)
+        host.run("ip", "-n", ns(name), "link", "set", "eth0", "up")
+
+
+def attach(instance: str, on: str, bridge: str, address: str, mtu: int = 1500) -> None:
+    """Instance ``instance`` (a namespace) on ``bridge`` of host ``on``, at ``address``
+    (a /24), through a veth whose host end is named as a tap."""
+    tap = f"mtp{instance}"[:15]
+    host.run("ip", "-n", ns(on), "link", "add", tap, "type", "veth",
+             "peer", "name", "eth0", "netns", ns(instance))  # fmt: skip
+    host.run("ip", "-n", ns(on), "link", "set", tap, "master", bridge, "mtu", str(mtu), "up")
+    host.run("ip", "-n", ns(instance), "addr", "add", f"{address}/24", "dev", "eth0")
+    host.run("ip", "-n", ns(instance), "link", "set", "eth0", "mtu", str(mtu), "up")
+
+
+def pings(source: str, address: str, count: int = 1) -> bool:
+    try:
+        run_in(source, "ping", "-c", str(count), "-W", "1", address)
+        return True
+    except HostCommandFailed:
+        return False
