@@ -114,6 +114,9 @@ class ClusterController:
         self._call_pool = ThreadPoolExecutor(config.dispatch_workers, "cc-call")
         # polls of the nodes a call touched: behind neither a poll cycle nor other calls
         self._refresh_pool = ThreadPoolExecutor(REFRESH_WORKERS, "cc-refresh")
+        # security group changes for all nodes at once: a pool of their own, since a
+        # change holds the groups lock that polls bringing nodes in step wait for
+        self._group_pool = ThreadPoolExecutor(REFRESH_WORKERS, "cc-groups")
 
     def _add(self, node: Node) -> None:
         """Track a registered node. Lock held (or not yet shared)."""
@@ -290,14 +293,25 @@ class ClusterController:
                 with self._lock:
                     state.groups_in_step = False
 
-        context = contextvars.copy_context
-        wait([self._refresh_pool.submit(context().run, apply, s, c) for s, c in targets])
+        copy = contextvars.copy_context
+        wait([self._group_pool.submit(copy().run, apply, s, c) for s, c in targets])
 
     def _bring_groups_in_step(self, state: NodeState, client: NcClient) -> None:
+        """Every group of the store onto the node, and none else. A group the node
+        refuses is logged and left out (instances in it cannot run there); a node that
+        does not answer fails the poll."""
         with self._groups_lock:
             wanted = self.groups.all()
             for group in wanted:
-                client.put_security_group(group)
+                try:
+                    client.put_security_group(group)
+                except RemoteError as e:
+                    logger.error(
+                        "node %s refused security group %s: %s",
+                        state.node.name,
+                        group.group_id,
+                        e.message,
+                    )
             kept = {g.group_id for g in wanted}
             for held in client.describe_security_groups():
                 if held.group_id not in kept:
@@ -317,6 +331,8 @@ class ClusterController:
         for state in self._ordered():
             if state.health is not Health.UP or state.node.name in exclude:
                 continue
+            if not state.groups_in_step:  # it could refuse, or misapply, an instance's groups
+                continue
             assert state.most is not None and state.available is not None
             free = state.available
             for vm in held.get(state.node.name, []):
@@ -330,8 +346,10 @@ class ClusterController:
         """The nodes that cannot take instances now, and why. Lock held."""
         return ", ".join(
             f"{s.node.name} ({s.health.value}{': ' + s.last_error if s.last_error else ''})"
-            for s in self._ordered()
             if s.health is not Health.UP
+            else f"{s.node.name} (its security groups are being brought in step)"
+            for s in self._ordered()
+            if s.health is not Health.UP or not s.groups_in_step
         )
 
     def describe_resources(self, vm_types: list[VmType]) -> list[dict[str, Any]]:

@@ -5,8 +5,8 @@ A group goes to the CCs while a live instance is in it, or while the rules of su
 group name it (the nodes need its members for those rules). Each goes as the nodes apply
 it: its rules, and its members' private addresses across the cloud (EC2-Classic's
 group-to-group rules also matched private addresses only). What a CC was last given is
-remembered per zone, so a sync sends only what changed; a zone whose CC did not answer
-is asked what it holds at the next sync.
+remembered per CC, so a sync sends only what changed; a CC that did not answer is asked
+what it holds at the next sync, and is sent no instance until it holds their groups.
 
 Syncs run after a rule change commits (its answer waits for them: authorized means
 enforced), before instances are sent (their groups, with them as members, are on the
@@ -68,7 +68,7 @@ class GroupSync:
         self.sessions = sessions
         self.cc_client = cc_client
         self._lock = threading.Lock()  # one sync at a time: none sends an older state
-        self._given: dict[str, dict[str, SecurityGroup]] = {}  # per zone, as last given
+        self._given: dict[str, dict[str, SecurityGroup]] = {}  # per CC URL, as last given
 
     def sync(self) -> None:
         """Bring every zone's CC in step with the records; a CC that does not answer
@@ -77,25 +77,30 @@ class GroupSync:
             with self.sessions.read.begin() as db:
                 wanted = enforced_groups(db)
                 zones = [(c.name, c.url) for c in db.scalars(select(Cluster))]
-            for zone in set(self._given) - {name for name, _ in zones}:
-                del self._given[zone]
+            for url in set(self._given) - {url for _, url in zones}:
+                del self._given[url]
             for zone, url in zones:
                 try:
-                    self._sync_zone(zone, self.cc_client(url), wanted)
+                    self._sync_cc(url, self.cc_client(url), wanted)
                 except MalleeError as e:
                     logger.warning("security groups not synced to zone %s: %s", zone, e.message)
-                    self._given.pop(zone, None)
+                    self._given.pop(url, None)
 
-    def forget(self, zone: str) -> None:
-        """The zone's CC may have lost what it was given: ask it at the next sync."""
+    def in_step(self, url: str) -> bool:
+        """Whether the CC at ``url`` answered the last sync (so holds the groups)."""
         with self._lock:
-            self._given.pop(zone, None)
+            return url in self._given
 
-    def _sync_zone(self, zone: str, client: CcClient, wanted: dict[str, SecurityGroup]) -> None:
-        given = self._given.get(zone)
+    def forget(self, url: str) -> None:
+        """The CC at ``url`` may have lost what it was given: ask it at the next sync."""
+        with self._lock:
+            self._given.pop(url, None)
+
+    def _sync_cc(self, url: str, client: CcClient, wanted: dict[str, SecurityGroup]) -> None:
+        given = self._given.get(url)
         if given is None:
             given = {g.group_id: g for g in client.describe_security_groups()}
-        self._given[zone] = given
+        self._given[url] = given
         for group_id, group in wanted.items():
             if given.get(group_id) != group:
                 client.put_security_group(group)

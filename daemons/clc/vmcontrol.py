@@ -232,7 +232,9 @@ class VmControl:
                     {
                         "instance_id": instance.instance_id,
                         "net": {
+                            # the NIC the cluster's DHCP gives the private address, by MAC
                             "public_mac": instances.mac_of(instance.private_ip),
+                            "public_ip": instance.private_ip,
                             "security_groups": instance.group_ids,
                         },
                     }
@@ -256,6 +258,9 @@ class VmControl:
 
     def _send(self, url: str, request: dict[str, Any]) -> None:
         ids = [i["instance_id"] for i in request["instances"]]
+        if not self.groups.in_step(url):  # it may lack their groups: the next poll resends
+            logger.warning("%s: not sent, %s does not hold their security groups yet", ids, url)
+            return
         try:
             placed = self.cc_client(url).run_instances(request)
         except Unreachable as e:
@@ -389,7 +394,7 @@ class VmControl:
             rooms = client.describe_resources(self.catalog)
         except MalleeError as e:
             logger.info("zone %s does not answer: %s: %s", zone, e.code, e.message)
-            self.groups.forget(zone)
+            self.groups.forget(url)
             with self._lock:
                 last = self._zones.get(zone)
                 self._zones[zone] = _Zone(False, last.rooms if last else {}, asked_at)

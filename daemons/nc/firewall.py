@@ -127,7 +127,7 @@ class Ruleset:
             sender, receiver = f"from_{port.device}", f"to_{port.device}"
             commands += [self._chain(family, sender), self._chain(family, receiver)]
             commands += [self._rule(family, sender, r) for r in _sender_rules(port)]
-            commands.append(self._rule(family, receiver, _receiver_rule(port)))
+            commands += [self._rule(family, receiver, r) for r in _receiver_rules(port)]
             sent.append([port.device, {"jump": {"target": sender}}])
             received.append([port.device, {"jump": {"target": receiver}}])
         if sent:
@@ -182,7 +182,8 @@ class Ruleset:
             [*ANSWER, RETURN],
             [*DHCP_REQUEST, RETURN],
             [
-                _match(_field("ip", "daddr"), METADATA_ADDRESS),
+                # as the guest sent it, should the node's host redirect it (DNAT)
+                _match({"ct": {"key": "ip daddr", "dir": "original"}}, METADATA_ADDRESS),
                 _match(_field("tcp", "dport"), 80),
                 RETURN,
             ],
@@ -243,12 +244,13 @@ def _set_name(group_id: str) -> str:
 
 def _sender_rules(port: Port) -> list[list[Expr]]:
     """What a tap may put on its bridge: its own MAC, ARP for its own addresses, IPv4 from
-    them (or 0.0.0.0 asking DHCP), never a DHCP answer, nothing else (no IPv6, no tags)."""
+    them (or 0.0.0.0 asking DHCP), nothing for a DHCP client's port (no answer of a
+    rogue DHCP server), nothing else (no IPv6, no VLAN tags)."""
     rules = [
         [_match(_field("ether", "saddr"), port.mac, "!="), DROP],
         [_match(_field("ether", "type"), _set(["arp", "ip"]), "!="), DROP],
         [_match(_field("arp", "saddr ether"), port.mac, "!="), DROP],
-        [*DHCP_REPLY, DROP],
+        [_match(_field("udp", "dport"), 68), DROP],
     ]
     if port.addresses:
         rules += [
@@ -259,14 +261,19 @@ def _sender_rules(port: Port) -> list[list[Expr]]:
     return rules
 
 
-def _receiver_rule(port: Port) -> list[Expr]:
-    """A tap is sent frames for its own MAC, broadcast and multicast: on a shared bridge,
-    no other instance's unicast (flooded while the bridge learns) reaches it."""
+def _receiver_rules(port: Port) -> list[list[Expr]]:
+    """A tap is sent frames for its own MAC, and of broadcast and multicast only ARP and
+    DHCP's answers (EC2 carries no broadcast or multicast). On a shared bridge no other
+    instance's unicast (flooded while the bridge learns) reaches it; and no IPv4 comes
+    in a broadcast frame, where the security groups (which find an instance by its MAC)
+    would not see it."""
     group_bit = {"&": [_field("ether", "daddr"), "01:00:00:00:00:00"]}
     return [
-        _match(_field("ether", "daddr"), port.mac, "!="),
-        _match(group_bit, "00:00:00:00:00:00"),
-        DROP,
+        [_match(_field("ether", "daddr"), port.mac), RETURN],
+        [_match(group_bit, "00:00:00:00:00:00"), DROP],  # another's unicast
+        [_match(_field("ether", "type"), "arp"), RETURN],
+        [*DHCP_REPLY, RETURN],
+        [DROP],
     ]
 
 

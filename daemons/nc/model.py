@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mallee.common.capacity import VmType
+from mallee.common.errors import InvalidParameter
 
 
 class NcState(enum.StrEnum):
@@ -89,11 +91,12 @@ class SecurityGroup:
 
     @classmethod
     def from_api(cls, group_id: str, data: dict[str, Any]) -> SecurityGroup:
+        """The group as given; InvalidParameter naming a rule that means nothing."""
         return cls(
             group_id=group_id,
             members=tuple(data.get("members", ())),
-            ingress=tuple(Rule(**r) for r in data.get("ingress", ())),
-            egress=tuple(Rule(**r) for r in data.get("egress", ())),
+            ingress=tuple(_checked(Rule(**r), "ingress") for r in data.get("ingress", ())),
+            egress=tuple(_checked(Rule(**r), "egress") for r in data.get("egress", ())),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -106,6 +109,26 @@ class SecurityGroup:
             "ingress": rules(self.ingress),
             "egress": rules(self.egress),
         }
+
+
+def _checked(rule: Rule, direction: str) -> Rule:
+    """``rule`` with its CIDR written as a network, if it can be enforced as EC2 means it."""
+    where = f"{direction} rule {rule}"
+    if bool(rule.cidr) == bool(rule.group_id):
+        raise InvalidParameter(f"{where}: give either a cidr or a group_id")
+    ports = rule.protocol in ("tcp", "udp")
+    if ports and not 0 <= rule.from_port <= rule.to_port <= 65535:
+        raise InvalidParameter(f"{where}: ports are a range within 0-65535")
+    icmp = rule.protocol == "icmp"
+    if icmp and not (-1 <= rule.from_port <= 255 and -1 <= rule.to_port <= 255):
+        raise InvalidParameter(f"{where}: an ICMP type and code are -1 to 255")
+    if not rule.cidr:
+        return rule
+    try:
+        network = ipaddress.IPv4Network(rule.cidr, strict=False)
+    except ValueError as e:
+        raise InvalidParameter(f"{where}: {e}") from None
+    return replace(rule, cidr=str(network))
 
 
 @dataclass(frozen=True)

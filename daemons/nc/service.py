@@ -61,10 +61,13 @@ FIREWALL_FILE = ".security-groups.json"  # in instance_dir: the groups the CC pu
 TEARDOWN_WORKERS = 16  # a destroy that hangs holds one; the others go on
 
 
+TAP_PREFIXES = {"public": "mtp", "private": "mtv"}
+
+
 def tap_name(instance_id: str, role: str) -> str:
     """The tap of an instance's public or private NIC: at most 15 characters, as Linux
     wants; libvirt's own ``vnetN`` would change at every start."""
-    return f"mt{role[0]}{instance_id.removeprefix('i-')[-11:]}"
+    return TAP_PREFIXES[role] + instance_id.removeprefix("i-")[-11:]
 
 
 class RefusedToStart(RuntimeError):

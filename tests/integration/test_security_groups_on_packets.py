@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.support.aws import CLIS, Aws
 from tests.support.cluster import NetworkedCloud
 from tests.support.guest import MARKER, GuestShell, wait_until
-from tests.support.network import connect, inside
+from tests.support.network import connect, dropped, inside
 
 ECHO_PORT = 8080
 ROUTER_PORT = 9000
@@ -77,7 +77,7 @@ def test_groups_rules_and_their_changes_hold_on_packets(
     try:
         assert web.run(f"nc -ll -p {ECHO_PORT} -e cat &")[0] == 0
         # A new group lets nothing in.
-        assert connect(net.netns, address[web_id], ECHO_PORT) is None
+        assert dropped(net.netns, address[web_id], ECHO_PORT)
         assert app.run(app_reaches_web)[0] != 0
 
         # A rule by CIDR opens the port to the router, and to no one else.
@@ -96,7 +96,7 @@ def test_groups_rules_and_their_changes_hold_on_packets(
         aws("revoke-security-group-ingress", *port_rule("web", ECHO_PORT, router))
         assert not echoes(connection)
         connection.close()
-        assert connect(net.netns, address[web_id], ECHO_PORT) is None
+        assert dropped(net.netns, address[web_id], ECHO_PORT)
         assert app.run(app_reaches_web)[0] == 0
 
         # Egress: app may open connections anywhere, until its rule goes.

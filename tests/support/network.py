@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,3 +241,47 @@ def connect(netns: str, address: str, port: int, timeout_s: float = 1.0) -> sock
             return socket.create_connection((address, port), timeout=timeout_s)
         except OSError:
             return None
+
+
+def dropped(netns: str, address: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Whether a TCP connection from ``netns`` goes unanswered (a firewall's drop), as
+    opposed to made or refused (nobody listening)."""
+    with inside(netns):
+        attempt = socket.socket()
+    attempt.settimeout(timeout_s)
+    with attempt:
+        try:
+            attempt.connect((address, port))
+        except TimeoutError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+@contextmanager
+def counting(netns: str, matches: dict[str, str]) -> Iterator[Callable[[str], int]]:
+    """Counters of the packets arriving in ``netns`` that match each of ``matches``
+    (name: an nft match, e.g. "ether saddr d0:0d:0a:00:00:02"): a function of a name
+    giving its count so far. Sees what arrives, whatever the receiver then does."""
+    table = "mallee_test_seen"
+    rules = "".join(f'    {match} counter comment "{name}"\n' for name, match in matches.items())
+    ruleset = (
+        f"table inet {table} {{\n  chain seen {{\n"
+        f"    type filter hook prerouting priority -400;\n{rules}  }}\n}}\n"
+    )
+    in_netns = ("ip", "netns", "exec", netns)
+    host.run(*in_netns, "nft", "-f", "-", stdin=ruleset)
+
+    def count(name: str) -> int:
+        listed = json.loads(host.run(*in_netns, "nft", "-j", "list", "table", "inet", table))
+        for item in listed["nftables"]:
+            rule = item.get("rule")
+            if rule and rule.get("comment") == name:
+                return sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+        raise KeyError(name)
+
+    try:
+        yield count
+    finally:
+        host.run(*in_netns, "nft", "delete", "table", "inet", table)

@@ -1,9 +1,12 @@
 import time
+from typing import Any
 
 import pytest
 
 from mallee.common.capacity import VmType
-from mallee.nc.model import Failure, ImageRef, Instance, NcState, NetConfig
+from mallee.common.errors import InvalidParameter
+from mallee.nc.model import Failure, ImageRef, Instance, NcState, NetConfig, SecurityGroup
+from mallee.nc.service import tap_name
 
 # EC2's InstanceState (name, code) as AWS documents it, the pairs EC2 clients know; the NC
 # never stops a guest, so "stopping" (64) and "stopped" (80) are never shown.
@@ -79,3 +82,39 @@ def test_a_launch_failure_stays_visible_once_terminated() -> None:
         "message": "libvirt refused the domain",
         "status": 500,
     }
+
+
+def test_an_instances_two_nics_have_taps_of_their_own() -> None:
+    taps = {tap_name("i-0123456789abcdef0", role) for role in ("public", "private")}
+    assert len(taps) == 2
+    assert all(len(tap) <= 15 for tap in taps)  # Linux's limit on a link's name
+    assert tap_name("i-0123456789abcdef0", "public") != tap_name("i-0123456789abcdef1", "public")
+
+
+@pytest.mark.parametrize(
+    ("rule", "complaint"),
+    [
+        ({"protocol": "tcp", "from_port": 22, "to_port": 22}, "either a cidr or a group_id"),
+        (
+            {"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "0.0.0.0/0",
+             "group_id": "sg-0000000a"},
+            "either a cidr or a group_id",
+        ),
+        ({"protocol": "tcp", "from_port": 90, "to_port": 80, "cidr": "0.0.0.0/0"}, "ports"),
+        ({"protocol": "udp", "from_port": -1, "to_port": -1, "cidr": "0.0.0.0/0"}, "ports"),
+        ({"protocol": "icmp", "from_port": 300, "to_port": -1, "cidr": "0.0.0.0/0"}, "ICMP"),
+        ({"protocol": "-1", "cidr": "10.0.0.0/33"}, "10.0.0.0/33"),
+    ],
+)  # fmt: skip
+def test_a_rule_that_means_nothing_is_refused_naming_it(
+    rule: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(InvalidParameter, match=complaint):
+        SecurityGroup.from_api("sg-0000000b", {"ingress": [rule]})
+
+
+def test_a_rules_cidr_is_kept_as_its_network() -> None:
+    group = SecurityGroup.from_api(
+        "sg-0000000b", {"egress": [{"protocol": "-1", "cidr": "10.1.2.3/16"}]}
+    )
+    assert group.egress[0].cidr == "10.1.0.0/16"
