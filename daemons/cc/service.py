@@ -276,18 +276,22 @@ class ClusterController:
             self._on_every_node(lambda client: _forget_group(client, group_id))
 
     def _on_every_node(self, change: Callable[[NcClient], None]) -> None:
-        """Make ``change`` on each node in step; one that fails is out of step until its
-        next answered poll. Groups lock held."""
+        """Make ``change`` on every node not down, all at once: on a node in step the
+        change alone, on one out of step (after a CC restart, say) every group. One that
+        fails is out of step until its next answered poll. Groups lock held."""
         with self._lock:
             targets = [
                 (state, self._clients[name].poll)
                 for name, state in self._nodes.items()
-                if state.groups_in_step
+                if state.health is not Health.DOWN
             ]
 
         def apply(state: NodeState, client: NcClient) -> None:
             try:
-                change(client)
+                if state.groups_in_step:
+                    change(client)
+                else:
+                    self._catch_up(state, client)
             except Exception as e:
                 logger.warning("node %s missed a security group change: %s", state.node.name, e)
                 with self._lock:
@@ -297,27 +301,30 @@ class ClusterController:
         wait([self._group_pool.submit(copy().run, apply, s, c) for s, c in targets])
 
     def _bring_groups_in_step(self, state: NodeState, client: NcClient) -> None:
+        with self._groups_lock:
+            self._catch_up(state, client)
+
+    def _catch_up(self, state: NodeState, client: NcClient) -> None:
         """Every group of the store onto the node, and none else. A group the node
         refuses is logged and left out (instances in it cannot run there); a node that
-        does not answer fails the poll."""
-        with self._groups_lock:
-            wanted = self.groups.all()
-            for group in wanted:
-                try:
-                    client.put_security_group(group)
-                except RemoteError as e:
-                    logger.error(
-                        "node %s refused security group %s: %s",
-                        state.node.name,
-                        group.group_id,
-                        e.message,
-                    )
-            kept = {g.group_id for g in wanted}
-            for held in client.describe_security_groups():
-                if held.group_id not in kept:
-                    _forget_group(client, held.group_id)
-            with self._lock:
-                state.groups_in_step = True
+        does not answer raises. Groups lock held."""
+        wanted = self.groups.all()
+        for group in wanted:
+            try:
+                client.put_security_group(group)
+            except RemoteError as e:
+                logger.error(
+                    "node %s refused security group %s: %s",
+                    state.node.name,
+                    group.group_id,
+                    e.message,
+                )
+        kept = {g.group_id for g in wanted}
+        for held in client.describe_security_groups():
+            if held.group_id not in kept:
+                _forget_group(client, held.group_id)
+        with self._lock:
+            state.groups_in_step = True
 
     # -- capacity -----------------------------------------------------------------------
 

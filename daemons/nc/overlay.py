@@ -14,13 +14,14 @@ Links are made through netlink (pyroute2); VDE's programs are run, not reimpleme
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from pyroute2 import IPRoute, NetlinkError
@@ -138,11 +139,14 @@ class VdeSwitch:
         """Make switch port ``port`` an access port of ``vlan`` and join ``bridge`` to
         it by a tap (``mlvd<vlan>``); the tap's name."""
         tap = f"mlvd{vlan}"
-        with contextlib.suppress(NetworkSetupFailed):  # made by an earlier join
-            self.command(f"vlan/create {vlan}")
-        self.command(f"port/create {port}")
-        self.command(f"port/setvlan {port} {vlan}")
-        self.plug(f"vde://{self.control}[{port}]", f"tap://{tap}")
+        with IPRoute() as ipr:
+            joined = bool(ipr.link_lookup(ifname=tap))
+        if not joined:  # else an earlier join made it all
+            with contextlib.suppress(NetworkSetupFailed):  # another port's join made it
+                self.command(f"vlan/create {vlan}")
+            self.command(f"port/create {port}")
+            self.command(f"port/setvlan {port} {vlan}")
+            self.plug(f"vde://{self.control}[{port}]", f"tap://{tap}")
         deadline = time.monotonic() + 10
         with IPRoute() as ipr:
             while not ipr.link_lookup(ifname=tap):
@@ -177,14 +181,23 @@ class VdeSwitch:
 
     def stop(self) -> None:
         for plug in self.plugs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(plug.pid, signal.SIGTERM)
-            plug.wait()
+            _end(plug, functools.partial(os.killpg, plug.pid))
         self.plugs = []
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait()
+            _end(self.process, self.process.send_signal)
             self.process = None
+
+
+def _end(process: subprocess.Popen[bytes], send: Callable[[int], None]) -> None:
+    """SIGTERM, and SIGKILL if it is still there after 5 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            send(sig)
+        try:
+            process.wait(5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _prompted(channel: socket.socket) -> str:

@@ -141,7 +141,7 @@ def networked_cloud(
             public_addresses=["192.0.2.32/29"],
         )
         clc.admin("cluster", "add", "zone-a", cc.url)
-        yield NetworkedCloud(clc, clc.add_image("ttylinux", guest.directory), ncs, net)
+        yield NetworkedCloud(clc, clc.add_image("ttylinux", guest.directory), ncs, net, cc)
 
 
 @pytest.fixture(scope="session")

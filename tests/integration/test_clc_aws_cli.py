@@ -21,7 +21,7 @@ def test_a_whole_workflow_with_the_aws_cli(
     networked_cloud: NetworkedCloud,
     tmp_path: Path,
 ) -> None:
-    clc, emi, ncs, _ = networked_cloud
+    clc, emi, ncs, *_ = networked_cloud
     clc.admin("user", "create", "alice", "--bundle", str(tmp_path / "alice"))
     aws = Aws(CLIS[version], tmp_path / "alice", clc.url)
     key = tmp_path / "key.pub"

@@ -53,7 +53,7 @@ def test_instances_run_boot_and_end(
 ) -> None:
     """The whole workflow with boto3: keys, groups, two instances with user-data and
     tags, the waiters, the console, filters, the guest's own metadata, an address."""
-    clc, emi, ncs, _ = networked_cloud
+    clc, emi, ncs, *_ = networked_cloud
     ec2 = clc.ec2("alice")
     [image] = ec2.describe_images(ImageIds=[emi])["Images"]
     assert (image["ImageType"], image["State"], image["Public"]) == ("machine", "available", True)

@@ -43,7 +43,7 @@ def hang_up_on_each(listener: socket.socket) -> None:
 def test_groups_rules_and_their_changes_hold_on_packets(
     networked_cloud: NetworkedCloud, libvirtd: str, tmp_path: Path
 ) -> None:
-    clc, emi, ncs, net = networked_cloud
+    clc, emi, ncs, net, cc = networked_cloud
     clc.admin("user", "create", "alice", "--bundle", str(tmp_path / "alice"))
     aws = Aws(CLIS["v2"], tmp_path / "alice", clc.url)
     for group in ("web", "app"):
@@ -91,6 +91,11 @@ def test_groups_rules_and_their_changes_hold_on_packets(
         members = ["--source-group", "app"]
         aws("authorize-security-group-ingress", *port_rule("web", ECHO_PORT, members))
         assert app.run(app_reaches_web)[0] == 0
+
+        # The CC killed and restarted: the rules hold meanwhile, and it changes them again.
+        cc.kill9()
+        assert echoes(connection) and app.run(app_reaches_web)[0] == 0
+        cc.start()
 
         # Revoking the CIDR rule cuts the router's open flow; app's members still reach.
         aws("revoke-security-group-ingress", *port_rule("web", ECHO_PORT, router))

@@ -23,6 +23,7 @@ class NetworkedCloud(NamedTuple):
     emi: str
     ncs: list[NcDaemon]
     net: InstanceNetwork
+    cc: CcDaemon
 
 
 SMALL = {"name": "t1.small", "cores": 1, "memory_mb": 256, "disk_gb": 1}
