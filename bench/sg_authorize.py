@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from mallee.common import host
 from mallee.nc.service import tap_name
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki, free_port, stop_all
 from tests.support.guest import wait_until
-from tests.support.network import inside
+from tests.support.network import hanging_up, inside
 
 INSTANCES, GROUPS = 100, 20
 P99_TARGET_S = 1.0
@@ -76,25 +75,13 @@ def probe(instance_id: str, private_ip: str) -> Iterator[None]:
         host.run("ip", "-n", PROBE_NS, "link", "set", "eth0", "address", mac_of(private_ip))
         host.run("ip", "-n", PROBE_NS, "addr", "add", f"{private_ip}/16", "dev", "eth0")
         host.run("ip", "-n", PROBE_NS, "link", "set", "eth0", "up")
-        with inside(PROBE_NS):
-            listener = socket.create_server(("0.0.0.0", PORT), backlog=512)
-        threading.Thread(target=_accept_all, args=(listener,), daemon=True).start()
-        yield
-        listener.close()
+        with hanging_up(PROBE_NS, PORT):
+            yield
     finally:
         with contextlib.suppress(Exception):
             host.run("ip", "link", "del", tap)
         with contextlib.suppress(Exception):
             host.run("ip", "netns", "del", PROBE_NS)
-
-
-def _accept_all(listener: socket.socket) -> None:
-    while True:
-        try:
-            connection, _ = listener.accept()
-        except OSError:
-            return
-        connection.close()
 
 
 def connects(address: str) -> bool:

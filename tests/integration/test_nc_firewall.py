@@ -5,9 +5,7 @@ serial console) for what it sends."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ from tests.support.network import (
     connect,
     counting,
     dropped,
-    inside,
+    echoes,
+    hanging_up,
     instance_network,
 )
 
@@ -56,15 +55,6 @@ def boot(
 
 def put_group(nc: NcDaemon, ingress: Rules, egress: Rules) -> None:
     nc.client.call("PUT", f"/v1/security-groups/{GROUP}", {"ingress": ingress, "egress": egress})
-
-
-def echoes(connection: socket.socket) -> bool:
-    """Whether the guest's echo server answers on an open connection within a second."""
-    try:
-        connection.sendall(b"ping\n")
-        return connection.recv(16) == b"ping\n"
-    except OSError:
-        return False
 
 
 def test_an_ingress_rule_opens_a_port_and_revoking_it_cuts_open_flows(
@@ -116,51 +106,38 @@ def test_egress_rules_bind_the_guest_and_it_cannot_send_as_another(
     shell = boot(nc, guest, lan, libvirtd, 3)
     reach_router = f"nc -w 2 {lan.gateway} {EGRESS_PORT} < /dev/null"
     ping_router = f"ping -c 1 -W 1 {lan.gateway} > /dev/null"
-    with inside(lan.netns):
-        listener = socket.create_server(("0.0.0.0", EGRESS_PORT))
-    threading.Thread(target=hang_up_on_each, args=(listener,), daemon=True).start()
     try:
-        assert shell.run(reach_router)[0] == 0
-        put_group(nc, ingress=[], egress=[])
-        assert shell.run(reach_router)[0] != 0
-        assert shell.run(ping_router)[0] != 0
-        put_group(nc, ingress=[], egress=ALL_EGRESS)
-        assert shell.run(ping_router)[0] == 0
+        with hanging_up(lan.netns, EGRESS_PORT):
+            assert shell.run(reach_router)[0] == 0
+            put_group(nc, ingress=[], egress=[])
+            assert shell.run(reach_router)[0] != 0
+            assert shell.run(ping_router)[0] != 0
+            put_group(nc, ingress=[], egress=ALL_EGRESS)
+            assert shell.run(ping_router)[0] == 0
 
-        # Another MAC, or another address: nothing it sends so reaches the router.
-        spoofed = lan.address(99)
-        seen = {
-            "own": f"ether saddr {lan.mac(3)} ip saddr {lan.address(3)}",
-            "other mac": f"ether saddr {lan.mac(99)}",
-            "other address": f"ip saddr {spoofed}",
-        }
-        with counting(lan.netns, seen) as count:
-            assert shell.run(f"ip link set eth0 address {lan.mac(99)}")[0] == 0
-            shell.run(f"ping -c 2 -W 1 {lan.gateway}")
-            assert shell.run(f"ip link set eth0 address {lan.mac(3)}")[0] == 0
-            assert shell.run(f"ip addr add {spoofed}/24 dev eth0")[0] == 0
-            shell.run(f"ping -c 2 -W 1 -I {spoofed} {lan.gateway}")
-            # Its own MAC and address still work (once its ARP, tried from the other
-            # address and dropped, is asked again).
-            assert shell.run(f"ping -c 4 -W 1 {lan.gateway} > /dev/null")[0] == 0
-            assert count("own") >= 1
-            assert count("other mac") == 0
-            assert count("other address") == 0
+            # Another MAC, or another address: nothing it sends so reaches the router.
+            spoofed = lan.address(99)
+            seen = {
+                "own": f"ether saddr {lan.mac(3)} ip saddr {lan.address(3)}",
+                "other mac": f"ether saddr {lan.mac(99)}",
+                "other address": f"ip saddr {spoofed}",
+            }
+            with counting(lan.netns, seen) as count:
+                assert shell.run(f"ip link set eth0 address {lan.mac(99)}")[0] == 0
+                shell.run(f"ping -c 2 -W 1 {lan.gateway}")
+                assert shell.run(f"ip link set eth0 address {lan.mac(3)}")[0] == 0
+                assert shell.run(f"ip addr add {spoofed}/24 dev eth0")[0] == 0
+                shell.run(f"ping -c 2 -W 1 -I {spoofed} {lan.gateway}")
+                # Its own MAC and address still work (once its ARP, tried from the other
+                # address and dropped, is asked again).
+                assert shell.run(f"ping -c 4 -W 1 {lan.gateway} > /dev/null")[0] == 0
+                assert count("own") >= 1
+                assert count("other mac") == 0
+                assert count("other address") == 0
     finally:
-        listener.close()
         shell.close()
         nc.client.call("DELETE", f"/v1/instances/{shell.instance_id}")
     assert no_tables_of(nc)
-
-
-def hang_up_on_each(listener: socket.socket) -> None:
-    """Accept and close each connection (so the guest's nc ends), until closed."""
-    while True:
-        try:
-            connection, _ = listener.accept()
-        except OSError:
-            return
-        connection.close()
 
 
 def router_pings(lan: InstanceNetwork, address: str) -> bool:

@@ -5,14 +5,12 @@ its command returns: the CLC answers once the nodes enforce it."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from pathlib import Path
 
 from tests.support.aws import CLIS, Aws
 from tests.support.cluster import NetworkedCloud
 from tests.support.guest import MARKER, GuestShell, wait_until
-from tests.support.network import connect, dropped, inside
+from tests.support.network import connect, dropped, echoes, hanging_up
 
 ECHO_PORT = 8080
 ROUTER_PORT = 9000
@@ -20,24 +18,6 @@ ROUTER_PORT = 9000
 
 def port_rule(group: str, port: int, peer: list[str]) -> list[str]:
     return ["--group-name", group, "--protocol", "tcp", "--port", str(port), *peer]
-
-
-def echoes(connection: socket.socket) -> bool:
-    """Whether the guest's echo server answers on an open connection within a second."""
-    try:
-        connection.sendall(b"ping\n")
-        return connection.recv(16) == b"ping\n"
-    except OSError:
-        return False
-
-
-def hang_up_on_each(listener: socket.socket) -> None:
-    while True:
-        try:
-            connection, _ = listener.accept()
-        except OSError:
-            return
-        connection.close()
 
 
 def test_groups_rules_and_their_changes_hold_on_packets(
@@ -69,56 +49,53 @@ def test_groups_rules_and_their_changes_hold_on_packets(
 
         wait_until(booted, 240, f"{MARKER} on the console of {instance_id}")
     web, app = GuestShell(libvirtd, web_id), GuestShell(libvirtd, app_id)
-    with inside(net.netns):
-        listener = socket.create_server(("0.0.0.0", ROUTER_PORT))
-    threading.Thread(target=hang_up_on_each, args=(listener,), daemon=True).start()
     app_reaches_web = f"echo hi | nc -w 2 {address[web_id]} {ECHO_PORT} | grep -q hi"
     app_reaches_router = f"nc -w 2 {net.gateway} {ROUTER_PORT} < /dev/null"
     try:
-        assert web.run(f"nc -ll -p {ECHO_PORT} -e cat &")[0] == 0
-        # A new group lets nothing in.
-        assert dropped(net.netns, address[web_id], ECHO_PORT)
-        assert app.run(app_reaches_web)[0] != 0
+        with hanging_up(net.netns, ROUTER_PORT):
+            assert web.run(f"nc -ll -p {ECHO_PORT} -e cat &")[0] == 0
+            # A new group lets nothing in.
+            assert dropped(net.netns, address[web_id], ECHO_PORT)
+            assert app.run(app_reaches_web)[0] != 0
 
-        # A rule by CIDR opens the port to the router, and to no one else.
-        router = ["--cidr", f"{net.gateway}/32"]
-        aws("authorize-security-group-ingress", *port_rule("web", ECHO_PORT, router))
-        connection = connect(net.netns, address[web_id], ECHO_PORT)
-        assert connection is not None and echoes(connection)
-        assert app.run(app_reaches_web)[0] != 0
+            # A rule by CIDR opens the port to the router, and to no one else.
+            router = ["--cidr", f"{net.gateway}/32"]
+            aws("authorize-security-group-ingress", *port_rule("web", ECHO_PORT, router))
+            connection = connect(net.netns, address[web_id], ECHO_PORT)
+            assert connection is not None and echoes(connection)
+            assert app.run(app_reaches_web)[0] != 0
 
-        # A group-to-group rule lets the members of app in.
-        members = ["--source-group", "app"]
-        aws("authorize-security-group-ingress", *port_rule("web", ECHO_PORT, members))
-        assert app.run(app_reaches_web)[0] == 0
+            # A group-to-group rule lets the members of app in.
+            members = ["--source-group", "app"]
+            aws("authorize-security-group-ingress", *port_rule("web", ECHO_PORT, members))
+            assert app.run(app_reaches_web)[0] == 0
 
-        # The CC killed and restarted: the rules hold meanwhile, and it changes them again.
-        cc.kill9()
-        assert echoes(connection) and app.run(app_reaches_web)[0] == 0
-        cc.start()
+            # The CC killed and restarted: the rules hold meanwhile, and it changes them again.
+            cc.kill9()
+            assert echoes(connection) and app.run(app_reaches_web)[0] == 0
+            cc.start()
 
-        # Revoking the CIDR rule cuts the router's open flow; app's members still reach.
-        aws("revoke-security-group-ingress", *port_rule("web", ECHO_PORT, router))
-        assert not echoes(connection)
-        connection.close()
-        assert dropped(net.netns, address[web_id], ECHO_PORT)
-        assert app.run(app_reaches_web)[0] == 0
+            # Revoking the CIDR rule cuts the router's open flow; app's members still reach.
+            aws("revoke-security-group-ingress", *port_rule("web", ECHO_PORT, router))
+            assert not echoes(connection)
+            connection.close()
+            assert dropped(net.netns, address[web_id], ECHO_PORT)
+            assert app.run(app_reaches_web)[0] == 0
 
-        # Egress: app may open connections anywhere, until its rule goes.
-        assert app.run(app_reaches_router)[0] == 0
-        everywhere = "IpProtocol=-1,IpRanges=[{CidrIp=0.0.0.0/0}]"
-        [app_group] = aws("describe-security-groups", "--group-names", "app")["SecurityGroups"]
-        aws(
-            "revoke-security-group-egress",
-            "--group-id",
-            app_group["GroupId"],
-            "--ip-permissions",
-            everywhere,
-        )
-        assert app.run(app_reaches_router)[0] != 0
-        assert app.run(app_reaches_web)[0] != 0
+            # Egress: app may open connections anywhere, until its rule goes.
+            assert app.run(app_reaches_router)[0] == 0
+            everywhere = "IpProtocol=-1,IpRanges=[{CidrIp=0.0.0.0/0}]"
+            [app_group] = aws("describe-security-groups", "--group-names", "app")["SecurityGroups"]
+            aws(
+                "revoke-security-group-egress",
+                "--group-id",
+                app_group["GroupId"],
+                "--ip-permissions",
+                everywhere,
+            )
+            assert app.run(app_reaches_router)[0] != 0
+            assert app.run(app_reaches_web)[0] != 0
     finally:
-        listener.close()
         web.close()
         app.close()
     aws("terminate-instances", "--instance-ids", web_id, app_id)

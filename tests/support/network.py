@@ -13,6 +13,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -285,3 +286,34 @@ def counting(netns: str, matches: dict[str, str]) -> Iterator[Callable[[str], in
         yield count
     finally:
         host.run(*in_netns, "nft", "delete", "table", "inet", table)
+
+
+def echoes(connection: socket.socket) -> bool:
+    """Whether an echo server answers on an open connection (within its timeout)."""
+    try:
+        connection.sendall(b"ping\n")
+        return connection.recv(16) == b"ping\n"
+    except OSError:
+        return False
+
+
+@contextmanager
+def hanging_up(netns: str, port: int) -> Iterator[None]:
+    """A TCP server in ``netns`` on ``port`` that accepts each connection and closes it
+    (so a client that waits for the other side to close ends), until the block ends."""
+    with inside(netns):
+        listener = socket.create_server(("0.0.0.0", port), backlog=512)
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield
+    finally:
+        listener.close()
