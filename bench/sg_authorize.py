@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from mallee.common import host
 from mallee.nc.service import tap_name
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki, free_port, stop_all
 from tests.support.guest import wait_until
-from tests.support.network import hanging_up, inside
+from tests.support.network import connect, hanging_up
 
 INSTANCES, GROUPS = 100, 20
 P99_TARGET_S = 1.0
@@ -85,15 +84,11 @@ def probe(instance_id: str, private_ip: str) -> Iterator[None]:
 
 
 def connects(address: str) -> bool:
-    with inside(CLIENT_NS):
-        attempt = socket.socket()
-    attempt.settimeout(ATTEMPT_S)
-    with attempt:
-        try:
-            attempt.connect((address, PORT))
-            return True
-        except OSError:
-            return False
+    connection = connect(CLIENT_NS, address, PORT, ATTEMPT_S)
+    if connection is None:
+        return False
+    connection.close()
+    return True
 
 
 def until(address: str, wanted: bool, limit_s: float = 10.0) -> float:

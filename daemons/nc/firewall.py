@@ -318,14 +318,14 @@ class Firewall:
             self.groups = {g: SecurityGroup.from_api(g, d) for g, d in saved.items()}
 
     def put_group(self, group: SecurityGroup, ports: Callable[[], list[Port]]) -> None:
-        with self._lock:
-            groups = self.groups | {group.group_id: group}
-            self._apply(ports(), groups)
-            self._save(groups)
+        self._change(self.groups | {group.group_id: group}, ports)
 
     def delete_group(self, group_id: str, ports: Callable[[], list[Port]]) -> None:
+        self._change({g: v for g, v in self.groups.items() if g != group_id}, ports)
+
+    def _change(self, groups: dict[str, SecurityGroup], ports: Callable[[], list[Port]]) -> None:
+        """Apply ``groups``, then keep them: a set the kernel refused is not kept."""
         with self._lock:
-            groups = {g: v for g, v in self.groups.items() if g != group_id}
             self._apply(ports(), groups)
             self._save(groups)
 
