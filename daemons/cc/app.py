@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
         rpc.ClientTLS(common.ca_cert, cc_config.tls_cert, cc_config.tls_key) if common.tls else None
     )
     cc = ClusterController(cc_config, tls_files, metrics)
+    atexit.register(cc.stop)  # the worker's orderly exit ends what the CC started
     app.extensions["mallee.cc"] = cc
     rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls, metrics)
     rpc.register_blueprint(app, api.bp, roles=cc_config.allowed_clients)

@@ -37,6 +37,7 @@ class ClusterInstance:
     node: str
     reachable: bool
     reason: str
+    public_ip: str = ""  # the cluster's DHCP gives it (public_mode managed or static)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ def _instance(view: dict[str, Any]) -> ClusterInstance:
         str(view["node"]),
         bool(view["reachable"]),
         str(reason or ""),
+        str(view["public_ip"]),
     )
 
 

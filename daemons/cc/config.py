@@ -26,3 +26,10 @@ class CcConfig(DaemonConfig):
     down_after_s: float = 15.0
     run_timeout_s: float = 600.0
     dispatch_workers: int = 16
+    # The instances' public NICs (seed §2.2): "system", "managed" or "static"; see
+    # etc/mallee.conf.example.
+    public_mode: str = "system"
+    public_interface: str = ""
+    public_pool: str = ""
+    public_table: list[str] = field(default_factory=list)
+    public_dns: list[str] = field(default_factory=list)

@@ -60,9 +60,12 @@ class NodeState:
         }
 
 
-def instance_view(instance: NcInstance, node: str, reachable: bool) -> dict[str, Any]:
-    """The CC's answer about an instance: what its NC said, where it is, and whether
-    that node answers now (else the state is the last one reported)."""
+def instance_view(
+    instance: NcInstance, node: str, reachable: bool, public_ip: str
+) -> dict[str, Any]:
+    """The CC's answer about an instance: what its NC said, where it is, whether that
+    node answers now (else the state is the last one reported), and the public address
+    the cluster gave it ("" in SYSTEM mode: the site's DHCP gives it)."""
     return {
         "instance_id": instance.instance_id,
         "reservation_id": instance.reservation_id,
@@ -78,6 +81,7 @@ def instance_view(instance: NcInstance, node: str, reachable: bool) -> dict[str,
         "launch_time": instance.launch_time,
         "node": node,
         "reachable": reachable,
+        "public_ip": public_ip,
     }
 
 

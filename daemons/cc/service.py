@@ -25,6 +25,7 @@ from mallee.cc import scheduler
 from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
 from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
+from mallee.cc.publicnet import PublicNetwork
 from mallee.cc.registry import NodeRegistry
 from mallee.common.capacity import VmType
 from mallee.common.errors import (
@@ -93,6 +94,7 @@ class ClusterController:
         self._started = time.monotonic()
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
         self.groups = GroupStore(Path(config.state_dir) / "cc.db")
+        self.public = PublicNetwork.from_config(config)  # None in SYSTEM mode
         # Changes of the groups and the bringing of nodes in step, one at a time: a node
         # is never left with an older version than the store's.
         self._groups_lock = threading.Lock()
@@ -117,6 +119,11 @@ class ClusterController:
         # security group changes for all nodes at once: a pool of their own, since a
         # change holds the groups lock that polls bringing nodes in step wait for
         self._group_pool = ThreadPoolExecutor(REFRESH_WORKERS, "cc-groups")
+
+    def stop(self) -> None:
+        """End the processes the CC supervises (its dnsmasq); their state stays."""
+        if self.public is not None:
+            self.public.stop()
 
     def _add(self, node: Node) -> None:
         """Track a registered node. Lock held (or not yet shared)."""
@@ -183,6 +190,11 @@ class ClusterController:
         with self._lock:
             names = list(self._nodes)
         wait([self._poll_pool.submit(self._poll_node, name) for name in names])
+        if self.public is not None:
+            with self._lock:  # an instance is reserved, or its node reports it
+                live = {i for i, v in self._views().items() if v["state"] != "terminated"}
+                live |= set(self._reservations)
+            self.public.keep_only(live)
         elapsed = time.monotonic() - started
         self.metrics.observe("cc_poll_cycle", elapsed)
         return elapsed
@@ -408,6 +420,12 @@ class ClusterController:
                 raise InsufficientResources(message)
             for instance_id, node in zip(ids, nodes, strict=True):
                 self._reservations[instance_id] = Reservation(instance_id, node, vm)
+            try:
+                items = self._with_public_addresses(request["instances"])
+            except MalleeError:
+                for instance_id in ids:
+                    del self._reservations[instance_id]
+                raise
         self.metrics.observe("cc_schedule", time.perf_counter() - started)
 
         common = {k: v for k, v in request.items() if k != "instances"}
@@ -415,7 +433,7 @@ class ClusterController:
             self._dispatch_pool.submit(
                 contextvars.copy_context().run, self._dispatch, {**common, **item}, vm, node
             )
-            for item, node in zip(request["instances"], nodes, strict=True)
+            for item, node in zip(items, nodes, strict=True)
         ]
         outcomes: list[dict[str, Any] | MalleeError] = []
         for future in futures:
@@ -431,6 +449,25 @@ class ClusterController:
         self._refresh({view["node"] for view in placed})
         self.metrics.observe("cc_run_instances", time.perf_counter() - started)
         return placed
+
+    def _with_public_addresses(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The instances as their nodes are to run them: in MANAGED and STATIC modes each
+        public NIC with the pair the cluster gives it (a poll that no longer finds the
+        instance gives it back). Lock held, with the instances reserved."""
+        if self.public is None:
+            return items
+        wanted = [
+            (i["instance_id"], i["net"]["public_mac"])
+            for i in items
+            if i.get("net", {}).get("public_mac")
+        ]
+        given = self.public.take(wanted)
+        return [
+            {**i, "net": {**i["net"], "public_mac": pair.mac, "public_ip": pair.address}}
+            if (pair := given.get(i["instance_id"]))
+            else i
+            for i in items
+        ]
 
     def _dispatch(self, body: dict[str, Any], vm: VmType, node: str) -> dict[str, Any]:
         """Run one instance, moving it on to other nodes while a node fails it. The
@@ -467,7 +504,7 @@ class ClusterController:
                     continue
                 self._dispatched(instance_id, instance)
                 keep_reservation = True
-                return instance_view(instance, node, True)
+                return instance_view(instance, node, True, self._public_ip(instance_id))
         finally:
             if not keep_reservation:
                 with self._lock:
@@ -582,6 +619,9 @@ class ClusterController:
 
     # -- the pass-through operations ----------------------------------------------------
 
+    def _public_ip(self, instance_id: str) -> str:
+        return self.public.address_of(instance_id) if self.public is not None else ""
+
     def _views(self) -> dict[str, dict[str, Any]]:
         """Every instance the cluster knows: as its node last reported it, or as its NC
         answered while no poll has reported it yet. Lock held."""
@@ -591,12 +631,15 @@ class ClusterController:
             for instance_id, instance in state.instances.items():
                 if instance_id in views and instance.nc_state is NcState.TERMINATED:
                     continue  # terminated here after it moved: the live one is the one
-                views[instance_id] = instance_view(instance, state.node.name, reachable)
+                views[instance_id] = instance_view(
+                    instance, state.node.name, reachable, self._public_ip(instance_id)
+                )
         for r in self._reservations.values():
             if r.view is not None and r.instance_id not in views:
                 node = self._nodes.get(r.node)
                 up = node is not None and node.health is Health.UP
-                views[r.instance_id] = instance_view(r.view, r.node, up)
+                public_ip = self._public_ip(r.instance_id)
+                views[r.instance_id] = instance_view(r.view, r.node, up, public_ip)
         return views
 
     def _find(self, instance_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -629,7 +672,7 @@ class ClusterController:
                     "node": node,
                     "error": {"code": e.code, "message": e.message},
                 }
-            view = instance_view(instance, node, True)
+            view = instance_view(instance, node, True, self._public_ip(instance_id))
             return {"instance_id": instance_id, "node": node, "instance": view}
 
         futures = [

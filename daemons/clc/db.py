@@ -203,7 +203,9 @@ class Instance(Base):
     node: Mapped[str] = mapped_column(String(64), default="")
     missing_polls: Mapped[int] = mapped_column(default=0)
     private_ip: Mapped[str] = mapped_column(String(45), default="")
-    public_ip: Mapped[str] = mapped_column(String(45), default="")
+    public_ip: Mapped[str] = mapped_column(String(45), default="")  # an elastic address
+    # the public address the zone's DHCP leases it (public_mode managed or static)
+    leased_ip: Mapped[str] = mapped_column(String(45), default="")
     launch_time: Mapped[datetime] = mapped_column(default=utc_now)
     lease_ends_at: Mapped[datetime | None] = mapped_column()
     terminated_at: Mapped[datetime | None] = mapped_column()

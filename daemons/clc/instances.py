@@ -268,6 +268,7 @@ class Listed(NamedTuple):
     node: str
     private_ip: str
     public_ip: str
+    leased_ip: str
     launch_time: datetime
     group_ids: list[str]
 

@@ -133,8 +133,8 @@ def _tree(db: Session, r: Instance, region: str, subnet: str) -> Tree:
         "mac": mac,
         "subnet-ipv4-cidr-block": subnet,
     }
-    if r.public_ip:
-        nic["public-ipv4s"] = r.public_ip
+    if public_ip := r.public_ip or r.leased_ip:
+        nic["public-ipv4s"] = public_ip
     meta: Tree = {
         "ami-id": r.image_id,
         "ami-launch-index": str(r.launch_index),
@@ -154,8 +154,8 @@ def _tree(db: Session, r: Instance, region: str, subnet: str) -> Tree:
         "security-groups": "\n".join(g.name for g in groups),
         "services": {"domain": f"{region}.internal", "partition": "aws"},
     }
-    if r.public_ip:
-        meta["public-ipv4"] = r.public_ip
+    if public_ip:
+        meta["public-ipv4"] = public_ip
     if r.kernel_id:
         meta["kernel-id"] = r.kernel_id
     if r.ramdisk_id:

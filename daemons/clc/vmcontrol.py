@@ -67,6 +67,7 @@ class Reconciled(NamedTuple):
     node: str
     missing_polls: int
     dispatch: str
+    leased_ip: str
     lease_ends_at: datetime | None
 
 
@@ -479,11 +480,14 @@ class VmControl:
         transaction read it). Only what changed is written: a poll that finds all as it
         was writes nothing, and holds SQLite's write lock for no time."""
         instance_id = record.instance_id
-        if (record.node, record.missing_polls, record.dispatch) != (seen.node, 0, "accepted"):
+        reported = (seen.node, 0, "accepted", seen.public_ip)
+        if (record.node, record.missing_polls, record.dispatch, record.leased_ip) != reported:
             db.execute(
                 update(Instance)
                 .where(Instance.instance_id == instance_id)
-                .values(node=seen.node, missing_polls=0, dispatch="accepted")
+                .values(
+                    node=seen.node, missing_polls=0, dispatch="accepted", leased_ip=seen.public_ip
+                )
             )
         if seen.state == "running" and record.state == "pending":
             self._move(db, instance_id, ("pending",), "running")
