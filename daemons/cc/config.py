@@ -33,3 +33,4 @@ class CcConfig(DaemonConfig):
     public_pool: str = ""
     public_table: list[str] = field(default_factory=list)
     public_dns: list[str] = field(default_factory=list)
+    metadata_address: str = ""

@@ -1,6 +1,7 @@
 """The cluster's public network in MANAGED and STATIC modes: the store of held
-(address, MAC) pairs and the dnsmasq that serves exactly them. SYSTEM mode has
-neither: the site's DHCP serves the public NICs."""
+(address, MAC) pairs, the dnsmasq that serves exactly them, and the CC's routing table
+(the metadata redirect). SYSTEM mode has none of them: the site's DHCP and router serve
+the public NICs."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from mallee.cc import addresses
 from mallee.cc.addresses import AddressStore, PublicAddress, PublicMode
 from mallee.cc.config import CcConfig
 from mallee.cc.dhcp import DhcpServer, interface_address
+from mallee.cc.router import Router, metadata_target
 from mallee.common.config import ConfigError
 
 
 class PublicNetwork:
-    def __init__(self, store: AddressStore, dhcp: DhcpServer) -> None:
+    def __init__(self, store: AddressStore, dhcp: DhcpServer, router: Router) -> None:
         self.store = store
         self.dhcp = dhcp
+        self.router = router
         self._lock = threading.Lock()
         self._held = store.held()  # what describe calls read, without the store's file
 
@@ -51,11 +54,14 @@ class PublicNetwork:
             config.public_pool,
             config.public_table,
         )
+        metadata = metadata_target(config.metadata_address) if config.metadata_address else None
         state = Path(config.state_dir)
         store = AddressStore(state / "cc.db", plan)
         dhcp = DhcpServer(state / "dhcp", config.public_interface, plan, config.public_dns)
+        router = Router(config.public_interface, metadata)
+        router.start()
         dhcp.start(store.held().values())
-        return cls(store, dhcp)
+        return cls(store, dhcp, router)
 
     def address_of(self, instance_id: str) -> str:
         pair = self._held.get(instance_id)
@@ -81,3 +87,4 @@ class PublicNetwork:
 
     def stop(self) -> None:
         self.dhcp.stop()
+        self.router.stop()

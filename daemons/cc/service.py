@@ -192,7 +192,8 @@ class ClusterController:
         wait([self._poll_pool.submit(self._poll_node, name) for name in names])
         if self.public is not None:
             with self._lock:  # an instance is reserved, or its node reports it
-                live = {i for i, v in self._views().items() if v["state"] != "terminated"}
+                views = self._views().items()
+                live = {i for i, v in views if v["state"]["name"] != "terminated"}
                 live |= set(self._reservations)
             self.public.keep_only(live)
         elapsed = time.monotonic() - started

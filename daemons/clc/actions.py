@@ -386,7 +386,7 @@ def _instance_info(
         "RamdiskId": r.ramdisk_id,
         "Monitoring": {"State": "disabled"},
         "PrivateIpAddress": private_ip or None,
-        "PublicIpAddress": r.public_ip or r.leased_ip or None,
+        "PublicIpAddress": instances.public_address(r) or None,
         "Architecture": "x86_64",
         "RootDeviceType": "instance-store",
         "VirtualizationType": "paravirtual" if r.kernel_id else "hvm",
@@ -491,7 +491,7 @@ INSTANCE_FILTERS: filters.Fields = {
     "group-id": lambda r: list(r.group_ids),
     "instance.group-id": lambda r: list(r.group_ids),
     "private-ip-address": lambda r: [r.private_ip] if r.state != "terminated" else [],
-    "ip-address": lambda r: [a] if (a := r.public_ip or r.leased_ip) else [],
+    "ip-address": lambda r: [a] if (a := instances.public_address(r)) else [],
     "architecture": lambda r: ["x86_64"],
     "root-device-type": lambda r: ["instance-store"],
 }

@@ -179,6 +179,7 @@ class Instance(Base):
     __table_args__ = (  # as migration 0005 makes them
         Index("instances_by_owner_state", "owner", "state"),
         Index("instances_by_zone_state", "zone", "state"),
+        Index("instances_by_leased_ip", "leased_ip"),  # the metadata service asks by it
     )
 
     instance_id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -276,6 +276,12 @@ class Listed(NamedTuple):
 LISTED_COLUMNS = [getattr(Instance, name) for name in Listed._fields]
 
 
+def public_address(r: Listed | Instance) -> str:
+    """What EC2 shows as an instance's public address: its elastic address, else the one
+    its zone's DHCP leases it (public_mode managed or static); none once it ended."""
+    return "" if r.state == "terminated" else r.public_ip or r.leased_ip
+
+
 def visible(
     db: Session, caller: Caller, instance_ids: list[str], terminated_visible_s: float
 ) -> list[Listed]:

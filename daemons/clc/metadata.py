@@ -113,12 +113,18 @@ def token_ttl(text: str | None) -> int | None:
 
 
 def instance_at(db: Session, address: str) -> Instance | None:
+    """The live instance whose private address, or whose public NIC's leased address
+    (public_mode managed or static: its requests come from that NIC), is ``address``."""
+    live = Instance.state.in_(("pending", "running"))
     query = (
         select(Instance)
         .join(PrivateAddress, PrivateAddress.instance_id == Instance.instance_id)
-        .where(PrivateAddress.address == address, Instance.state.in_(("pending", "running")))
+        .where(PrivateAddress.address == address, live)
     )
-    return db.scalars(query).first()
+    found = db.scalars(query).first()
+    if found is None:
+        found = db.scalars(select(Instance).where(Instance.leased_ip == address, live)).first()
+    return found
 
 
 def _tree(db: Session, r: Instance, region: str, subnet: str) -> Tree:
@@ -133,7 +139,7 @@ def _tree(db: Session, r: Instance, region: str, subnet: str) -> Tree:
         "mac": mac,
         "subnet-ipv4-cidr-block": subnet,
     }
-    if public_ip := r.public_ip or r.leased_ip:
+    if public_ip := instances.public_address(r):
         nic["public-ipv4s"] = public_ip
     meta: Tree = {
         "ami-id": r.image_id,

@@ -9,6 +9,7 @@ idempotent and leaves no rule of an older ruleset behind.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from mallee.common import host
@@ -17,6 +18,29 @@ from mallee.common import host
 NFT_TIMEOUT_S = 10.0
 
 Command = dict[str, Any]
+Expr = dict[str, Any]
+
+
+def table_name(component: str, owner: str) -> str:
+    """``mallee_<component>_<owner>``: mallee's tables are known by the prefix, and
+    several daemons of one kind may share a host (tests do)."""
+    return f"mallee_{component}_" + re.sub(r"[^A-Za-z0-9_]", "_", owner)
+
+
+def match(left: Expr, right: Any, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def field(protocol: str, name: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": name}}
+
+
+def meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def ct(key: str) -> Expr:
+    return {"ct": {"key": key}}
 
 
 def apply(commands: list[Command]) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,13 +31,13 @@ from typing import Any
 
 from mallee.common import nftables
 from mallee.common.errors import HostCommandFailed, NetworkSetupFailed
+from mallee.common.nftables import Expr, ct, field, match, meta
 from mallee.nc.model import Rule, SecurityGroup
 
 # What an instance may always do, whatever its egress rules: ask for its address and its
 # metadata (EC2 allows both in every group).
 METADATA_ADDRESS = "169.254.169.254"
 
-Expr = dict[str, Any]
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +56,10 @@ class Port:
 
 def table_name(node_name: str) -> str:
     """The node's tables (one per family): several NCs may share a host in tests."""
-    return "mallee_nc_" + re.sub(r"[^A-Za-z0-9_]", "_", node_name)
+    return nftables.table_name("nc", node_name)
 
 
 # -- expressions ------------------------------------------------------------------------
-
-
-def _match(left: Expr, right: Any, op: str = "==") -> Expr:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _field(protocol: str, name: str) -> Expr:
-    return {"payload": {"protocol": protocol, "field": name}}
-
-
-def _meta(key: str) -> Expr:
-    return {"meta": {"key": key}}
-
-
-def _ct(key: str) -> Expr:
-    return {"ct": {"key": key}}
 
 
 def _set(values: Iterable[Any]) -> dict[str, list[Any]]:
@@ -92,9 +75,9 @@ def _cidr(text: str) -> Any:
 
 DROP: Expr = {"drop": None}
 RETURN: Expr = {"return": None}
-DHCP_REQUEST = [_match(_field("udp", "sport"), 68), _match(_field("udp", "dport"), 67)]
-DHCP_REPLY = [_match(_field("udp", "sport"), 67), _match(_field("udp", "dport"), 68)]
-ANSWER = [_match(_ct("direction"), "reply")]  # a packet of a flow the other side opened
+DHCP_REQUEST = [match(field("udp", "sport"), 68), match(field("udp", "dport"), 67)]
+DHCP_REPLY = [match(field("udp", "sport"), 67), match(field("udp", "dport"), 68)]
+ANSWER = [match(ct("direction"), "reply")]  # a packet of a flow the other side opened
 
 
 class Ruleset:
@@ -131,8 +114,8 @@ class Ruleset:
             sent.append([port.device, {"jump": {"target": sender}}])
             received.append([port.device, {"jump": {"target": receiver}}])
         if sent:
-            commands.append(self._rule(family, "from_instance", [_vmap(_meta("iifname"), sent)]))
-            commands.append(self._rule(family, "to_instance", [_vmap(_meta("oifname"), received)]))
+            commands.append(self._rule(family, "from_instance", [_vmap(meta("iifname"), sent)]))
+            commands.append(self._rule(family, "to_instance", [_vmap(meta("oifname"), received)]))
         return commands
 
     # -- the inet table: the security groups -------------------------------------------
@@ -164,8 +147,8 @@ class Ruleset:
             outbound.append([port.mac, {"jump": {"target": egress}}])
             inbound.append([port.mac, {"jump": {"target": ingress}}])
         if outbound:
-            by_source = [_vmap(_field("ether", "saddr"), outbound)]
-            by_destination = [_vmap(_field("ether", "daddr"), inbound)]
+            by_source = [_vmap(field("ether", "saddr"), outbound)]
+            by_destination = [_vmap(field("ether", "daddr"), inbound)]
             commands.append(self._rule(family, "forward", by_source))
             commands.append(self._rule(family, "forward", by_destination))
             commands.append(self._rule(family, "input", by_source))  # to the node itself
@@ -178,13 +161,13 @@ class Ruleset:
 
     def _egress_rules(self, port: Port) -> list[list[Expr]]:
         always = [
-            [_match(_ct("state"), "invalid"), DROP],
+            [match(ct("state"), "invalid"), DROP],
             [*ANSWER, RETURN],
             [*DHCP_REQUEST, RETURN],
             [
                 # as the guest sent it, should the node's host redirect it (DNAT)
-                _match({"ct": {"key": "ip daddr", "dir": "original"}}, METADATA_ADDRESS),
-                _match(_field("tcp", "dport"), 80),
+                match({"ct": {"key": "ip daddr", "dir": "original"}}, METADATA_ADDRESS),
+                match(field("tcp", "dport"), 80),
                 RETURN,
             ],
         ]
@@ -197,7 +180,7 @@ class Ruleset:
 
     def _ingress_rules(self, port: Port) -> list[list[Expr]]:
         always = [
-            [_match(_ct("state"), "invalid"), DROP],
+            [match(ct("state"), "invalid"), DROP],
             [*ANSWER, RETURN],
             [*DHCP_REPLY, RETURN],
         ]
@@ -247,16 +230,16 @@ def _sender_rules(port: Port) -> list[list[Expr]]:
     them (or 0.0.0.0 asking DHCP), nothing for a DHCP client's port (no answer of a
     rogue DHCP server), nothing else (no IPv6, no VLAN tags)."""
     rules = [
-        [_match(_field("ether", "saddr"), port.mac, "!="), DROP],
-        [_match(_field("ether", "type"), _set(["arp", "ip"]), "!="), DROP],
-        [_match(_field("arp", "saddr ether"), port.mac, "!="), DROP],
-        [_match(_field("udp", "dport"), 68), DROP],
+        [match(field("ether", "saddr"), port.mac, "!="), DROP],
+        [match(field("ether", "type"), _set(["arp", "ip"]), "!="), DROP],
+        [match(field("arp", "saddr ether"), port.mac, "!="), DROP],
+        [match(field("udp", "dport"), 68), DROP],
     ]
     if port.addresses:
         rules += [
-            [_match(_field("arp", "saddr ip"), _set({"0.0.0.0", *port.addresses}), "!="), DROP],
-            [_match(_field("ip", "saddr"), "0.0.0.0"), *DHCP_REQUEST, RETURN],
-            [_match(_field("ip", "saddr"), _set(port.addresses), "!="), DROP],
+            [match(field("arp", "saddr ip"), _set({"0.0.0.0", *port.addresses}), "!="), DROP],
+            [match(field("ip", "saddr"), "0.0.0.0"), *DHCP_REQUEST, RETURN],
+            [match(field("ip", "saddr"), _set(port.addresses), "!="), DROP],
         ]
     return rules
 
@@ -267,11 +250,11 @@ def _receiver_rules(port: Port) -> list[list[Expr]]:
     instance's unicast (flooded while the bridge learns) reaches it; and no IPv4 comes
     in a broadcast frame, where the security groups (which find an instance by its MAC)
     would not see it."""
-    group_bit = {"&": [_field("ether", "daddr"), "01:00:00:00:00:00"]}
+    group_bit = {"&": [field("ether", "daddr"), "01:00:00:00:00:00"]}
     return [
-        [_match(_field("ether", "daddr"), port.mac), RETURN],
-        [_match(group_bit, "00:00:00:00:00:00"), DROP],  # another's unicast
-        [_match(_field("ether", "type"), "arp"), RETURN],
+        [match(field("ether", "daddr"), port.mac), RETURN],
+        [match(group_bit, "00:00:00:00:00:00"), DROP],  # another's unicast
+        [match(field("ether", "type"), "arp"), RETURN],
         [*DHCP_REPLY, RETURN],
         [DROP],
     ]
@@ -282,22 +265,22 @@ def _flow(rule: Rule, peer_field: str) -> list[Expr]:
     destination (egress)."""
     expr: list[Expr] = []
     if rule.group_id:
-        expr.append(_match(_field("ip", peer_field), f"@{_set_name(rule.group_id)}"))
+        expr.append(match(field("ip", peer_field), f"@{_set_name(rule.group_id)}"))
     elif rule.cidr != "0.0.0.0/0":
-        expr.append(_match(_field("ip", peer_field), _cidr(rule.cidr)))
+        expr.append(match(field("ip", peer_field), _cidr(rule.cidr)))
     else:
-        expr.append(_match(_meta("nfproto"), "ipv4"))
+        expr.append(match(meta("nfproto"), "ipv4"))
     if rule.protocol == "icmp":
-        expr.append(_match(_meta("l4proto"), "icmp"))
+        expr.append(match(meta("l4proto"), "icmp"))
         if rule.from_port != -1:
-            expr.append(_match(_field("icmp", "type"), rule.from_port))
+            expr.append(match(field("icmp", "type"), rule.from_port))
         if rule.to_port != -1:
-            expr.append(_match(_field("icmp", "code"), rule.to_port))
+            expr.append(match(field("icmp", "code"), rule.to_port))
     elif rule.protocol in ("tcp", "udp"):
         ports: Any = rule.from_port
         if rule.from_port != rule.to_port:
             ports = {"range": [rule.from_port, rule.to_port]}
-        expr.append(_match(_field(rule.protocol, "dport"), ports))
+        expr.append(match(field(rule.protocol, "dport"), ports))
     return expr
 
 

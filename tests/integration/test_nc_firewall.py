@@ -23,6 +23,7 @@ from tests.support.network import (
     echoes,
     hanging_up,
     instance_network,
+    nft_tables,
 )
 
 GROUP = "sg-0000000a"
@@ -147,5 +148,4 @@ def router_pings(lan: InstanceNetwork, address: str) -> bool:
 
 def no_tables_of(nc: NcDaemon) -> bool:
     """The node's tables go with its last instance."""
-    listed = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True)
-    return table_name(nc.name) not in listed.stdout
+    return not any(t.split()[1] == table_name(nc.name) for t in nft_tables())

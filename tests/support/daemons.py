@@ -375,6 +375,24 @@ class CcDaemon(Daemon):
         super().__init__(workdir, pki, pki.cc_server, pki.clc, cc)
         self.state_dir = cc["state_dir"]
 
+    def dnsmasq(self) -> list[int]:
+        """The pids of the dnsmasq serving this CC's public network (its command line
+        names the CC's state folder)."""
+        found = subprocess.run(
+            ["pgrep", "-f", f"dnsmasq .*--dhcp-hostsfile={self.state_dir}/"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return [int(pid) for pid in found.stdout.split()]
+
+    def cleanup(self) -> None:
+        """After a test: stop the daemon, and end a dnsmasq a killed one left."""
+        self.stop()
+        for pid in self.dnsmasq():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
 
 class ClcDaemon(Daemon):
     """A `mallee-clc` serving EC2 over HTTPS (a certificate of the test CA) with a

@@ -317,3 +317,44 @@ def hanging_up(netns: str, port: int) -> Iterator[None]:
         yield
     finally:
         listener.close()
+
+
+@dataclass(frozen=True)
+class PublicLan:
+    """The network a head node's CC serves in public_mode managed or static: a bridge
+    on this host holding the CC's address (the instances' router); the nodes bridge
+    instances' public NICs onto it."""
+
+    bridge: str
+    router: str
+    subnet: str
+
+    def address(self, host_number: int) -> str:
+        return str(ipaddress.ip_network(self.subnet)[host_number])
+
+
+@contextmanager
+def public_lan() -> Iterator[PublicLan]:
+    """A bridge at 198.18.N.1/24 (a benchmarking range no site routes), removed after
+    with the CC's table on it, should a killed CC have left one."""
+    tag = secrets.randbelow(200) + 20
+    bridge = f"mlpub{tag}"
+    try:
+        host.run("ip", "link", "add", bridge, "type", "bridge")
+        host.run("ip", "addr", "add", f"198.18.{tag}.1/24", "dev", bridge)
+        host.run("ip", "link", "set", bridge, "up")
+        yield PublicLan(bridge, f"198.18.{tag}.1", f"198.18.{tag}.0/24")
+    finally:
+        with contextlib.suppress(HostCommandFailed):
+            host.run("ip", "link", "del", bridge)
+        with contextlib.suppress(HostCommandFailed):
+            host.run("nft", "delete", "table", "ip", f"mallee_cc_{bridge}")
+
+
+def nft_tables() -> set[str]:
+    """``family name`` of every nftables table of this host's namespace."""
+    return {
+        line.removeprefix("table ").strip()
+        for line in host.run("nft", "list", "tables").splitlines()
+        if line.startswith("table ")
+    }

@@ -15,7 +15,9 @@ def upgrade() -> None:
     op.add_column(
         "instances", sa.Column("leased_ip", sa.String(45), nullable=False, server_default="")
     )
+    op.create_index("instances_by_leased_ip", "instances", ["leased_ip"])
 
 
 def downgrade() -> None:
+    op.drop_index("instances_by_leased_ip", "instances")
     op.drop_column("instances", "leased_ip")
