@@ -9,6 +9,8 @@ CC reports.
 
 A pair is held by one instance from its run until the CC sees it ended; the store is
 a table of the CC's SQLite file, so a restart loses none and never gives one out twice.
+The same file keeps the elastic addresses the CLC associated with the cluster's
+instances, which the CC's router translates to and from the instances' addresses.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ def plan(
 
 
 class AddressStore:
-    """The pairs held by instances, in the CC's SQLite file."""
+    """The pairs held by instances, and the elastic addresses associated with them, in
+    the CC's SQLite file."""
 
     def __init__(self, path: Path, plan: AddressPlan) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,10 @@ class AddressStore:
             "CREATE TABLE IF NOT EXISTS public_addresses ("
             " address TEXT PRIMARY KEY, mac TEXT NOT NULL UNIQUE,"
             " instance_id TEXT NOT NULL UNIQUE)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS elastic_addresses ("
+            " public_ip TEXT PRIMARY KEY, instance_id TEXT NOT NULL UNIQUE)"
         )
 
     def held(self) -> dict[str, PublicAddress]:
@@ -205,3 +212,30 @@ class AddressStore:
             ).fetchall()
             self._db.execute(f"DELETE FROM public_addresses WHERE instance_id IN ({marks})", ids)
         return [PublicAddress(a, m) for a, m in rows]
+
+    def elastic(self) -> dict[str, str]:
+        """Elastic address → the instance it is associated with."""
+        with self._lock:
+            rows = self._db.execute("SELECT public_ip, instance_id FROM elastic_addresses")
+            return dict(rows.fetchall())
+
+    def put_elastic(self, public_ip: str, instance_id: str) -> None:
+        """Associate ``public_ip`` with ``instance_id``, and with nothing else: an address
+        moved, or an instance given another, holds only the new association."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "DELETE FROM elastic_addresses WHERE public_ip = ? OR instance_id = ?",
+                (public_ip, instance_id),
+            )
+            self._db.execute(
+                "INSERT INTO elastic_addresses VALUES (?, ?)", (public_ip, instance_id)
+            )
+
+    def delete_elastic(self, public_ip: str) -> bool:
+        """Whether the address was associated."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM elastic_addresses WHERE public_ip = ?", (public_ip,)
+            )
+            return cursor.rowcount > 0

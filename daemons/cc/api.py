@@ -90,3 +90,24 @@ def put_security_group(group_id: str) -> dict[str, Any]:
 def delete_security_group(group_id: str) -> dict[str, Any]:
     _cc().delete_security_group(group_id)
     return {"group_id": group_id}
+
+
+@bp.get("/elastic-addresses")
+def describe_elastic_addresses() -> dict[str, Any]:
+    found = _cc().elastic_addresses()
+    return {"elastic_addresses": [{"public_ip": a, "instance_id": i} for a, i in found.items()]}
+
+
+@bp.put("/elastic-addresses/<public_ip>")
+def associate_address(public_ip: str) -> dict[str, Any]:
+    rpc.path_value("Ipv4Address", public_ip)
+    instance_id = rpc.json_body("ElasticAssociation")["instance_id"]
+    _cc().associate_address(public_ip, instance_id)
+    return {"public_ip": public_ip, "instance_id": instance_id}
+
+
+@bp.delete("/elastic-addresses/<public_ip>")
+def disassociate_address(public_ip: str) -> dict[str, Any]:
+    rpc.path_value("Ipv4Address", public_ip)
+    _cc().disassociate_address(public_ip)
+    return {"public_ip": public_ip}

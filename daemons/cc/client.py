@@ -134,6 +134,19 @@ class CcClient:
             lambda a: [SecurityGroup.from_api(g["group_id"], g) for g in a["security_groups"]],
         )
 
+    def describe_elastic_addresses(self) -> dict[str, str]:
+        """Elastic address → the instance it is associated with."""
+        answer = self.rpc.call("GET", "/v1/elastic-addresses")
+        return self._read(
+            answer, lambda a: {e["public_ip"]: e["instance_id"] for e in a["elastic_addresses"]}
+        )
+
+    def associate_address(self, public_ip: str, instance_id: str) -> None:
+        self.rpc.call("PUT", f"/v1/elastic-addresses/{public_ip}", {"instance_id": instance_id})
+
+    def disassociate_address(self, public_ip: str) -> None:
+        self.rpc.call("DELETE", f"/v1/elastic-addresses/{public_ip}")
+
 
 def _node(node: dict[str, Any]) -> NodeInfo:
     return NodeInfo(

@@ -1,7 +1,7 @@
 """The cluster's public network in MANAGED and STATIC modes: the store of held
-(address, MAC) pairs, the dnsmasq that serves exactly them, and the CC's routing table
-(the metadata redirect). SYSTEM mode has none of them: the site's DHCP and router serve
-the public NICs."""
+(address, MAC) pairs and elastic addresses, the dnsmasq that serves exactly those pairs,
+and the CC's routing table (the metadata redirect, the elastic addresses' translation).
+SYSTEM mode has none of them: the site's DHCP and router serve the public NICs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,18 @@ from mallee.cc.config import CcConfig
 from mallee.cc.dhcp import DhcpServer, interface_address
 from mallee.cc.router import Router, metadata_target
 from mallee.common.config import ConfigError
+from mallee.common.errors import InvalidParameter, MalleeError, NotFound
+
+
+class ElasticAddressNotFound(NotFound):
+    code = "InvalidAddress.NotFound"
+
+
+class NoPublicNetwork(MalleeError):
+    """In SYSTEM mode the CC routes no public traffic: it has nothing to translate."""
+
+    code = "UnsupportedOperation"
+    status = 409
 
 
 class PublicNetwork:
@@ -24,6 +36,7 @@ class PublicNetwork:
         self.router = router
         self._lock = threading.Lock()
         self._held = store.held()  # what describe calls read, without the store's file
+        self._translated: dict[str, str] | None = None  # as the router last applied
 
     @classmethod
     def from_config(cls, config: CcConfig) -> PublicNetwork | None:
@@ -59,9 +72,12 @@ class PublicNetwork:
         store = AddressStore(state / "cc.db", plan)
         dhcp = DhcpServer(state / "dhcp", config.public_interface, plan, config.public_dns)
         router = Router(config.public_interface, metadata)
-        router.start()
+        router.check()
+        network = cls(store, dhcp, router)
+        with network._lock:
+            network._translate()
         dhcp.start(store.held().values())
-        return cls(store, dhcp, router)
+        return network
 
     def address_of(self, instance_id: str) -> str:
         pair = self._held.get(instance_id)
@@ -74,6 +90,7 @@ class PublicNetwork:
             given = self.store.take(wanted)
             self._held = self.store.held()
             self.dhcp.serve(self._held.values())
+            self._translate()
         return given
 
     def keep_only(self, live: Collection[str]) -> None:
@@ -83,7 +100,45 @@ class PublicNetwork:
             self.store.release(set(self._held) - set(live))
             self._held = self.store.held()
             self.dhcp.serve(self._held.values())
+            self._translate()
         self.dhcp.ensure_running()
+
+    def elastic(self) -> dict[str, str]:
+        """Elastic address → instance id."""
+        return self.store.elastic()
+
+    def associate(self, public_ip: str, instance_id: str) -> None:
+        """Translate ``public_ip`` to and from the instance's address from now on (once
+        it has one here, if it has none yet). An address inside the public network's own
+        subnet would clash with the pairs handed out there: refused."""
+        if public_ip in self.store.plan.network:
+            raise InvalidParameter(
+                f"elastic address {public_ip} lies in {self.store.plan.network}, the subnet"
+                " of the cluster's public interface; elastic addresses come from elsewhere"
+            )
+        with self._lock:
+            self.store.put_elastic(public_ip, instance_id)
+            self._translate()
+
+    def disassociate(self, public_ip: str) -> None:
+        with self._lock:
+            if not self.store.delete_elastic(public_ip):
+                raise ElasticAddressNotFound(f"elastic address {public_ip} is not associated here")
+            self._translate()
+
+    def _translate(self) -> None:
+        """The router's table, if the translations changed. Lock held."""
+        wanted = {
+            public_ip: self._held[instance_id].address
+            for public_ip, instance_id in self.store.elastic().items()
+            if instance_id in self._held
+        }
+        if wanted != self._translated:
+            self.router.apply(wanted)
+            for public_ip, address in (self._translated or {}).items():
+                if wanted.get(public_ip) != address:  # its open flows must not go on
+                    self.router.cut_flows(public_ip)
+            self._translated = wanted
 
     def stop(self) -> None:
         self.dhcp.stop()

@@ -25,7 +25,7 @@ from mallee.cc import scheduler
 from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
 from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
-from mallee.cc.publicnet import PublicNetwork
+from mallee.cc.publicnet import NoPublicNetwork, PublicNetwork
 from mallee.cc.registry import NodeRegistry
 from mallee.common.capacity import VmType
 from mallee.common.errors import (
@@ -619,6 +619,26 @@ class ClusterController:
                 self._reservations.pop(view["instance_id"], None)
 
     # -- the pass-through operations ----------------------------------------------------
+
+    # -- elastic addresses --------------------------------------------------------------
+
+    def _public_network(self) -> PublicNetwork:
+        if self.public is None:
+            raise NoPublicNetwork(
+                "this cluster's public_mode is system: its instances' public addresses come"
+                " from the site's DHCP and router, so the CC cannot translate elastic"
+                " addresses; they need public_mode managed or static"
+            )
+        return self.public
+
+    def elastic_addresses(self) -> dict[str, str]:
+        return self._public_network().elastic()
+
+    def associate_address(self, public_ip: str, instance_id: str) -> None:
+        self._public_network().associate(public_ip, instance_id)
+
+    def disassociate_address(self, public_ip: str) -> None:
+        self._public_network().disassociate(public_ip)
 
     def _public_ip(self, instance_id: str) -> str:
         return self.public.address_of(instance_id) if self.public is not None else ""

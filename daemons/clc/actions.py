@@ -40,6 +40,7 @@ from mallee.clc.users import Caller
 from mallee.clc.vmcontrol import VmControl
 from mallee.clc.wire import Ec2Error
 from mallee.common.capacity import VmType
+from mallee.common.rpc import RemoteError
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Context:
     cloud: Cloud
     endpoint: str  # the host the caller reached the cloud at
     # What to do once the request's transaction has committed (and only then).
-    after_commit: list[Callable[[], None]] = field(default_factory=list)
+    after_commit: list[Callable[[], object]] = field(default_factory=list)
 
 
 Handler = Callable[[Context, dict[str, Any]], dict[str, Any]]
@@ -774,7 +775,24 @@ def associate_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         raise Ec2Error("MissingParameter", "The request must contain the parameter InstanceId")
     address = addresses.find(ctx.db, ctx.caller, params.get("PublicIp"), params.get("AllocationId"))
     [instance] = instances.owned(ctx.db, ctx.caller, [params["InstanceId"]])
-    return {"AssociationId": addresses.associate(ctx.db, address, instance)}
+    association_id = addresses.associate(ctx.db, address, instance)
+    zone, public_ip = instance.zone, address.public_ip
+    ctx.after_commit.append(lambda: _translated(ctx.cloud, zone, public_ip, association_id))
+    return {"AssociationId": association_id}
+
+
+def _translated(cloud: Cloud, zone: str, public_ip: str, association_id: str) -> None:
+    """Answer once the zone's CC translates the address. A CC that refuses it (a zone
+    whose CC routes no public traffic, say) undoes the association, and the caller is
+    told why; one that does not answer gets it at a later sync."""
+    refused = cloud.vmcontrol.addresses.sync().get(zone)
+    if not isinstance(refused, RemoteError) or not 400 <= refused.status < 500:
+        return
+    with cloud.vmcontrol.sessions.write.begin() as db:
+        address = db.get(ElasticAddress, public_ip)
+        if address is not None and address.association_id == association_id:
+            addresses.disassociate(db, address)
+    raise Ec2Error(refused.code, f"Zone {zone} cannot translate {public_ip}: {refused.message}")
 
 
 def disassociate_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -783,6 +801,7 @@ def disassociate_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]
     else:
         address = addresses.find(ctx.db, ctx.caller, params.get("PublicIp"), None)
     addresses.disassociate(ctx.db, address)
+    ctx.after_commit.append(ctx.cloud.vmcontrol.addresses.sync)  # no longer translated
     return {}
 
 
@@ -791,6 +810,7 @@ def release_address(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     addresses.disassociate(ctx.db, address)
     ctx.db.delete(address)
     tags.forget(ctx.db, address.allocation_id)
+    ctx.after_commit.append(ctx.cloud.vmcontrol.addresses.sync)
     return {}
 
 

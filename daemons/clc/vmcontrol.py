@@ -46,8 +46,8 @@ from mallee.cc.client import CcClient, ClusterInstance, TypeRoom
 from mallee.clc import images, instances
 from mallee.clc.config import ClcConfig
 from mallee.clc.db import Cluster, ElasticAddress, Image, Instance, PrivateAddress, Sessions
-from mallee.clc.groupsync import GroupSync
 from mallee.clc.wire import Ec2Error
+from mallee.clc.zonesync import ELASTIC_ADDRESSES, SECURITY_GROUPS, ZoneSync
 from mallee.common.capacity import VmType
 from mallee.common.errors import MalleeError
 from mallee.common.metrics import Metrics
@@ -132,7 +132,8 @@ class VmControl:
         self._zones: dict[str, _Zone] = {}
         self._in_flight: set[str] = set()  # reservations this process is sending
         self._dispatcher = ThreadPoolExecutor(16, "clc-dispatch")
-        self.groups = GroupSync(sessions, cc_client)
+        self.groups = ZoneSync(sessions, cc_client, SECURITY_GROUPS)
+        self.addresses = ZoneSync(sessions, cc_client, ELASTIC_ADDRESSES)
         self._calls = ThreadPoolExecutor(16, "clc-calls")
 
     # -- the model the SLA policies read ------------------------------------------------
@@ -373,6 +374,7 @@ class VmControl:
         for future in futures:
             future.result()
         self.groups.sync()  # members that ended, a CC that was away
+        self.addresses.sync()  # addresses of instances that ended, or got one here
         self.metrics.observe("clc_poll", time.perf_counter() - started)
 
     def poll_zone(self, zone: str, url: str) -> None:
@@ -396,6 +398,7 @@ class VmControl:
         except MalleeError as e:
             logger.info("zone %s does not answer: %s: %s", zone, e.code, e.message)
             self.groups.forget(url)
+            self.addresses.forget(url)
             with self._lock:
                 last = self._zones.get(zone)
                 self._zones[zone] = _Zone(False, last.rooms if last else {}, asked_at)

@@ -25,7 +25,7 @@ import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 
-from mallee.common import host, tls
+from mallee.common import host, nftables, tls
 from mallee.common.rpc import ClientTLS, RpcClient
 from mallee.nc.domain import METADATA_NS
 from mallee.nc.service import FIREWALL_FILE
@@ -355,8 +355,15 @@ class NcDaemon(Daemon):
         return left
 
     def cleanup(self) -> None:
-        """After a test: stop the daemon and destroy whatever domains it left."""
+        """After a test: stop the daemon, remove its firewall tables (a stop keeps them
+        for the instances that run on) and destroy whatever domains it left."""
         self.stop()
+        for family in ("bridge", "inet"):
+            subprocess.run(
+                ["nft", "delete", "table", family, nftables.table_name("nc", self.name)],
+                capture_output=True,
+                check=False,  # none: the node ran no instance, or ended them all
+            )
         if not libvirt_answers(self.libvirt_uri):
             return  # a test's private libvirtd, stopped with its guests
         conn = libvirt.open(self.libvirt_uri)

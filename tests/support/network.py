@@ -298,23 +298,26 @@ def echoes(connection: socket.socket) -> bool:
 
 
 @contextmanager
-def hanging_up(netns: str, port: int) -> Iterator[None]:
+def hanging_up(netns: str, port: int) -> Iterator[list[str]]:
     """A TCP server in ``netns`` on ``port`` that accepts each connection and closes it
-    (so a client that waits for the other side to close ends), until the block ends."""
+    (so a client that waits for the other side to close ends), until the block ends;
+    the block gets the list of the addresses connections came from, as they come."""
     with inside(netns):
         listener = socket.create_server(("0.0.0.0", port), backlog=512)
+    peers: list[str] = []
 
     def serve() -> None:
         while True:
             try:
-                connection, _ = listener.accept()
+                connection, (peer, _) = listener.accept()
             except OSError:
                 return
+            peers.append(peer)
             connection.close()
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        yield
+        yield peers
     finally:
         listener.close()
 
@@ -323,11 +326,14 @@ def hanging_up(netns: str, port: int) -> Iterator[None]:
 class PublicLan:
     """The network a head node's CC serves in public_mode managed or static: a bridge
     on this host holding the CC's address (the instances' router); the nodes bridge
-    instances' public NICs onto it."""
+    instances' public NICs onto it. Beyond this host, ``outside``: a namespace that
+    reaches the elastic addresses (203.0.113.0/24) through it, as the site's routers do."""
 
     bridge: str
     router: str
     subnet: str
+    outside: str  # the namespace
+    outside_ip: str
 
     def address(self, host_number: int) -> str:
         return str(ipaddress.ip_network(self.subnet)[host_number])
@@ -338,15 +344,34 @@ def public_lan() -> Iterator[PublicLan]:
     """A bridge at 198.18.N.1/24 (a benchmarking range no site routes), removed after
     with the CC's table on it, should a killed CC have left one."""
     tag = secrets.randbelow(200) + 20
-    bridge = f"mlpub{tag}"
+    bridge, uplink, outside = f"mlpub{tag}", f"mlout{tag}", f"mallee-out-{tag}"
     try:
         host.run("ip", "link", "add", bridge, "type", "bridge")
         host.run("ip", "addr", "add", f"198.18.{tag}.1/24", "dev", bridge)
         host.run("ip", "link", "set", bridge, "up")
-        yield PublicLan(bridge, f"198.18.{tag}.1", f"198.18.{tag}.0/24")
+        host.run("ip", "netns", "add", outside)
+        host.run("ip", "link", "add", uplink, "type", "veth", "peer", "name", "eth0",
+                 "netns", outside)  # fmt: skip
+        host.run("ip", "addr", "add", f"100.66.{tag}.1/30", "dev", uplink)
+        host.run("ip", "link", "set", uplink, "up")
+        host.run("ip", "-n", outside, "addr", "add", f"100.66.{tag}.2/30", "dev", "eth0")
+        for nic in ("lo", "eth0"):
+            host.run("ip", "-n", outside, "link", "set", nic, "up")
+        host.run("ip", "-n", outside, "route", "add", "203.0.113.0/24", "via", f"100.66.{tag}.1")
+        for nic in (bridge, uplink):  # these two only: the host's own forwarding stays off
+            host.run("sysctl", "-qw", f"net.ipv4.conf.{nic}.forwarding=1")
+        # what the CC does not translate goes nowhere (not out of the host's default route)
+        host.run("ip", "route", "add", "unreachable", "203.0.113.0/24")
+        yield PublicLan(bridge, f"198.18.{tag}.1", f"198.18.{tag}.0/24", outside, f"100.66.{tag}.2")
     finally:
-        with contextlib.suppress(HostCommandFailed):
-            host.run("ip", "link", "del", bridge)
+        for argv in (
+            ("link", "del", bridge),
+            ("link", "del", uplink),
+            ("netns", "del", outside),
+            ("route", "del", "unreachable", "203.0.113.0/24"),
+        ):
+            with contextlib.suppress(HostCommandFailed):
+                host.run("ip", *argv)
         with contextlib.suppress(HostCommandFailed):
             host.run("nft", "delete", "table", "ip", f"mallee_cc_{bridge}")
 

@@ -18,7 +18,7 @@ from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
 from mallee.common.capacity import VmType
 from mallee.common.metrics import Metrics
-from mallee.common.rpc import RpcClient
+from mallee.common.rpc import RemoteError, RpcClient
 from mallee.nc.model import Rule, SecurityGroup
 from tests.support.ec2 import call
 from tests.support.guest import wait_until
@@ -31,6 +31,8 @@ class StandInCc(CcClient):
         super().__init__(RpcClient("https://cc.invalid"))
         self.states: dict[str, str] = {}
         self.groups: dict[str, SecurityGroup] = {}
+        self.elastic: dict[str, str] = {}
+        self.routes_public_traffic = True  # false: as a CC in public_mode system
 
     def describe_resources(self, vm_types: list[VmType]) -> list[TypeRoom]:
         return [TypeRoom(vm, 10, 10) for vm in vm_types]
@@ -61,6 +63,17 @@ class StandInCc(CcClient):
 
     def delete_security_group(self, group_id: str) -> None:
         del self.groups[group_id]
+
+    def describe_elastic_addresses(self) -> dict[str, str]:
+        return dict(self.elastic)
+
+    def associate_address(self, public_ip: str, instance_id: str) -> None:
+        if not self.routes_public_traffic:
+            raise RemoteError(409, "UnsupportedOperation", "this cluster's public_mode is system")
+        self.elastic[public_ip] = instance_id
+
+    def disassociate_address(self, public_ip: str) -> None:
+        del self.elastic[public_ip]
 
 
 @pytest.fixture
@@ -385,3 +398,47 @@ def test_another_user_neither_sees_nor_uses_what_is_not_theirs(
         for r in ok(root, "DescribeInstances")["Reservations"]
         for i in r["Instances"]
     ] == [alices]
+
+
+def test_the_cluster_translates_the_elastic_addresses_of_its_live_instances(
+    cloud: tuple[Ec2Frontend, users.Credentials, users.Credentials, str],
+) -> None:
+    """An association is on the CC when its call answers, and gone from it when the
+    address is disassociated or its instance ended; a CC that cannot translate refuses,
+    and the association is undone and the caller told."""
+    frontend, alice, root, location = cloud
+    cc = frontend.cloud.vmcontrol.cc_client("https://cc.invalid")
+    assert isinstance(cc, StandInCc)
+
+    def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
+        status, answer = call(frontend, caller, action, **params)
+        assert status == 200, answer
+        return answer
+
+    emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
+    ok("ModifyImageAttribute", root, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    [instance] = ok("RunInstances", ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
+    instance_id = instance["InstanceId"]
+    public_ip = ok("AllocateAddress")["PublicIp"]
+    ok("AssociateAddress", PublicIp=public_ip, InstanceId=instance_id)
+    assert cc.elastic == {public_ip: instance_id}
+    ok("DisassociateAddress", PublicIp=public_ip)
+    assert cc.elastic == {}
+
+    cc.routes_public_traffic = False
+    status, refused = call(frontend, alice, "AssociateAddress", PublicIp=public_ip,
+                           InstanceId=instance_id)  # fmt: skip
+    assert (status, refused["Error"]["Code"]) == (400, "UnsupportedOperation")
+    assert "public_mode is system" in refused["Error"]["Message"]
+    [address] = ok("DescribeAddresses")["Addresses"]
+    assert "InstanceId" not in address  # undone
+
+    cc.routes_public_traffic = True
+    ok("AssociateAddress", PublicIp=public_ip, InstanceId=instance_id)
+    ok("TerminateInstances", InstanceIds=[instance_id])
+
+    def left() -> bool:  # the terminate reaches the CC in the background; a poll sees it
+        frontend.cloud.vmcontrol.poll()
+        return not cc.elastic
+
+    wait_until(left, 10, "the address to leave the cluster")
