@@ -16,7 +16,6 @@ instances, which the CC's router translates to and from the instances' addresses
 from __future__ import annotations
 
 import enum
-import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import netaddr
 
+from mallee.cc import store
 from mallee.common.config import ConfigError
 from mallee.common.errors import InvalidParameter, MalleeError
 
@@ -138,19 +138,15 @@ class AddressStore:
     the CC's SQLite file."""
 
     def __init__(self, path: Path, plan: AddressPlan) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.plan = plan
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
+        self._db = store.connect(
+            path,
             "CREATE TABLE IF NOT EXISTS public_addresses ("
             " address TEXT PRIMARY KEY, mac TEXT NOT NULL UNIQUE,"
-            " instance_id TEXT NOT NULL UNIQUE)"
-        )
-        self._db.execute(
+            " instance_id TEXT NOT NULL UNIQUE)",
             "CREATE TABLE IF NOT EXISTS elastic_addresses ("
-            " public_ip TEXT PRIMARY KEY, instance_id TEXT NOT NULL UNIQUE)"
+            " public_ip TEXT PRIMARY KEY, instance_id TEXT NOT NULL UNIQUE)",
         )
 
     def held(self) -> dict[str, PublicAddress]:

@@ -10,22 +10,20 @@ away.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from pathlib import Path
 
+from mallee.cc import store
 from mallee.nc.model import SecurityGroup
 
 
 class GroupStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
+        self._db = store.connect(
+            path,
             "CREATE TABLE IF NOT EXISTS security_groups ("
-            " group_id TEXT PRIMARY KEY, document TEXT NOT NULL)"
+            " group_id TEXT PRIMARY KEY, document TEXT NOT NULL)",
         )
 
     def all(self) -> list[SecurityGroup]:

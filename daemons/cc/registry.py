@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from mallee.cc import store
 from mallee.cc.model import Node
 from mallee.common.errors import NodeAlreadyRegistered, NodeNotFound
 
 
 class NodeRegistry:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._saved: dict[str, float] = {}  # per node, when the poll saved last began
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
+        self._db = store.connect(
+            path,
             "CREATE TABLE IF NOT EXISTS nodes ("
             " position INTEGER PRIMARY KEY AUTOINCREMENT,"
             " name TEXT NOT NULL UNIQUE, url TEXT NOT NULL UNIQUE,"
-            " registered_at REAL NOT NULL)"
-        )
-        self._db.execute(
+            " registered_at REAL NOT NULL)",
             "CREATE TABLE IF NOT EXISTS reports ("
-            " name TEXT PRIMARY KEY, last_seen REAL NOT NULL, instances TEXT NOT NULL)"
+            " name TEXT PRIMARY KEY, last_seen REAL NOT NULL, instances TEXT NOT NULL)",
         )
 
     def all(self) -> list[Node]:

@@ -5,6 +5,7 @@ botocore reads its answer; the walk must cover the whole table."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,27 @@ class StandInCc(CcClient):
         del self.elastic[public_ip]
 
 
+Ask = Callable[..., dict[str, Any]]
+
+
+def asking(frontend: Ec2Frontend, default: users.Credentials) -> Ask:
+    """``ok(action, caller=default, **params)``: the answer to a call that must succeed."""
+
+    def ok(action: str, caller: users.Credentials = default, **params: Any) -> dict[str, Any]:
+        status, answer = call(frontend, caller, action, **params)
+        assert status == 200, answer
+        return answer
+
+    return ok
+
+
+def public_image(ok: Ask, admin: users.Credentials, location: str) -> str:
+    """An image every user may run, registered by ``admin`` from ``location``."""
+    emi: str = ok("RegisterImage", admin, Name="disk", ImageLocation=location)["ImageId"]
+    ok("ModifyImageAttribute", admin, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    return emi
+
+
 @pytest.fixture
 def cloud(tmp_path: Path) -> tuple[Ec2Frontend, users.Credentials, users.Credentials, str]:
     url = f"sqlite:///{tmp_path / 'clc.db'}"
@@ -104,11 +126,11 @@ def test_every_action_answers_what_botocore_reads(
     frontend, alice, root, location = cloud
     called: set[str] = set()
 
+    asked = asking(frontend, alice)
+
     def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
-        status, answer = call(frontend, caller, action, **params)
-        assert status == 200, answer
         called.add(action)
-        return answer
+        return asked(action, caller, **params)
 
     emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
     assert ok("DescribeImages", ImageIds=[])["Images"] == []  # private: the admin's own
@@ -201,13 +223,9 @@ def test_a_listing_shows_each_change_of_an_instance_at_once(
     it (its state, its tags, its address) shows in the very next listing."""
     frontend, alice, root, location = cloud
 
-    def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
-        status, answer = call(frontend, caller, action, **params)
-        assert status == 200, answer
-        return answer
+    ok = asking(frontend, alice)
 
-    emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
-    ok("ModifyImageAttribute", root, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    emi = public_image(ok, root, location)
     [instance] = ok("RunInstances", ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
     instance_id = instance["InstanceId"]
 
@@ -250,13 +268,9 @@ def test_the_cluster_holds_the_groups_of_live_instances_as_the_records_say(
     cc = frontend.cloud.vmcontrol.cc_client("https://cc.invalid")
     assert isinstance(cc, StandInCc)
 
-    def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
-        status, answer = call(frontend, caller, action, **params)
-        assert status == 200, answer
-        return answer
+    ok = asking(frontend, alice)
 
-    emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
-    ok("ModifyImageAttribute", root, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    emi = public_image(ok, root, location)
     web = ok("CreateSecurityGroup", GroupName="web", Description="web")["GroupId"]
     ssh: dict[str, Any] = {
         "IpProtocol": "tcp",
@@ -410,13 +424,9 @@ def test_the_cluster_translates_the_elastic_addresses_of_its_live_instances(
     cc = frontend.cloud.vmcontrol.cc_client("https://cc.invalid")
     assert isinstance(cc, StandInCc)
 
-    def ok(action: str, caller: users.Credentials = alice, **params: Any) -> dict[str, Any]:
-        status, answer = call(frontend, caller, action, **params)
-        assert status == 200, answer
-        return answer
+    ok = asking(frontend, alice)
 
-    emi = ok("RegisterImage", root, Name="disk", ImageLocation=location)["ImageId"]
-    ok("ModifyImageAttribute", root, ImageId=emi, LaunchPermission={"Add": [{"Group": "all"}]})
+    emi = public_image(ok, root, location)
     [instance] = ok("RunInstances", ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
     instance_id = instance["InstanceId"]
     public_ip = ok("AllocateAddress")["PublicIp"]
