@@ -43,6 +43,7 @@ class NodeState:
     instances: dict[str, NcInstance] = field(default_factory=dict)
     poll_started: float = float("-inf")  # when the poll last applied began (monotonic)
     groups_in_step: bool = False  # holds the cluster's security groups as they are
+    overlay_address: str = ""  # its underlay address for the private overlay, as it said
 
     def to_api(self) -> dict[str, Any]:
         def capacity(c: Capacity | None) -> dict[str, int] | None:
@@ -96,5 +97,6 @@ class Reservation:
     instance_id: str
     node: str
     vm_type: VmType
+    vlan: int | None = None  # of its private NIC, which its node is to carry
     view: NcInstance | None = None  # the NC's last word on it while dispatching
     dispatched_at: float | None = None  # monotonic

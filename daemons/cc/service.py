@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mallee.cc import scheduler
+from mallee.cc import scheduler, vlans
 from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
 from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
 from mallee.cc.publicnet import NoPublicNetwork, PublicNetwork
 from mallee.cc.registry import NodeRegistry
+from mallee.cc.vlans import OverlayControl
 from mallee.common.capacity import VmType
 from mallee.common.errors import (
     HypervisorUnavailable,
@@ -95,6 +96,7 @@ class ClusterController:
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
         self.groups = GroupStore(Path(config.state_dir) / "cc.db")
         self.public = PublicNetwork.from_config(config)  # None in SYSTEM mode
+        self.overlay = OverlayControl(lambda node: self._node_clients(node).call)
         # Changes of the groups and the bringing of nodes in step, one at a time: a node
         # is never left with an older version than the store's.
         self._groups_lock = threading.Lock()
@@ -190,6 +192,7 @@ class ClusterController:
         with self._lock:
             names = list(self._nodes)
         wait([self._poll_pool.submit(self._poll_node, name) for name in names])
+        self._carry_vlans()
         if self.public is not None:
             with self._lock:  # an instance is reserved, or its node reports it
                 views = self._views().items()
@@ -237,6 +240,7 @@ class ClusterController:
             changed = report != state.instances
             state.instances = report
             state.most, state.available = resource.maximum, resource.available
+            state.overlay_address = resource.overlay_address
             for r in [r for r in self._reservations.values() if r.node == name]:
                 reported = r.instance_id in report
                 vanished = r.dispatched_at is not None and started > r.dispatched_at
@@ -256,6 +260,7 @@ class ClusterController:
                 return
             state.poll_started = started
             state.groups_in_step = False  # it may have missed a change meanwhile
+            self.overlay.forget(state.node.name)  # and its networks: it may have restarted
             now = time.monotonic()
             if error.code == HypervisorUnavailable.code:
                 health = Health.DEGRADED
@@ -419,8 +424,11 @@ class ClusterController:
                 if not_up := self._not_up():
                     raise NodesUnavailable(f"{message}; nodes not available: {not_up}")
                 raise InsufficientResources(message)
+            vlans = {i["instance_id"]: _private_vlan(i) for i in request["instances"]}
             for instance_id, node in zip(ids, nodes, strict=True):
-                self._reservations[instance_id] = Reservation(instance_id, node, vm)
+                self._reservations[instance_id] = Reservation(
+                    instance_id, node, vm, vlans[instance_id]
+                )
             try:
                 items = self._with_public_addresses(request["instances"])
             except MalleeError:
@@ -480,6 +488,8 @@ class ClusterController:
             while True:
                 tried.append(node)
                 try:
+                    if (vlan := _private_vlan(body)) is not None:
+                        self._carry_vlans(must=(node, vlan))
                     instance = self._launch_on(node, body)
                 except _LaunchLost as lost:
                     # Keep the reservation; the next poll of the node settles it
@@ -603,7 +613,10 @@ class ClusterController:
                 if error.code == InsufficientResources.code:
                     raise InsufficientResources(message)
                 raise NodesUnavailable(message)
-            self._reservations[instance_id] = Reservation(instance_id, candidate.name, vm)
+            old = self._reservations.get(instance_id)
+            self._reservations[instance_id] = Reservation(
+                instance_id, candidate.name, vm, old.vlan if old else None
+            )
             return candidate.name
 
     def _roll_back(self, placed: list[dict[str, Any]]) -> None:
@@ -621,6 +634,26 @@ class ClusterController:
     # -- the pass-through operations ----------------------------------------------------
 
     # -- elastic addresses --------------------------------------------------------------
+
+    # -- the private overlay ------------------------------------------------------------
+
+    def _carry_vlans(self, must: tuple[str, int] | None = None) -> None:
+        """Tell the nodes which VLANs they carry and their peers (vlans.py); with
+        ``must``, that node's failure to start that VLAN is raised (it is about to run
+        an instance on it)."""
+        with self._lock:
+            placements = {(r.node, r.vlan) for r in self._reservations.values() if r.vlan}
+            for state in self._nodes.values():
+                placements |= {
+                    (state.node.name, vlan)
+                    for i in state.instances.values()
+                    if i.nc_state is not NcState.TERMINATED
+                    and (vlan := _private_vlan({"net": i.net})) is not None
+                }
+            addresses = {name: s.overlay_address for name, s in self._nodes.items()}
+        failed = self.overlay.apply(vlans.plan(placements, addresses))
+        if must is not None and must[0] in failed:
+            raise failed[must[0]]
 
     def _public_network(self) -> PublicNetwork:
         if self.public is None:
@@ -728,3 +761,9 @@ def _forget_group(client: NcClient, group_id: str) -> None:
             logger.warning("a node keeps security group %s: %s", group_id, e.message)
             return
         raise
+
+
+def _private_vlan(item: dict[str, Any]) -> int | None:
+    """The VLAN of an instance's private NIC, if it has one."""
+    net = item.get("net") or {}
+    return net.get("vlan") if net.get("private_mac") and net.get("vlan") else None

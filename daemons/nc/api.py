@@ -76,7 +76,7 @@ def describe_networks() -> dict[str, Any]:
 @bp.post("/networks")
 def start_network() -> dict[str, Any]:
     body = rpc.json_body("StartNetworkRequest")
-    return _nc().start_network(body["vlan"])
+    return _nc().start_network(body["vlan"], body.get("peers", []))
 
 
 @bp.delete("/networks/<int:vlan>")

@@ -3,6 +3,7 @@ answers as plain data. The CC calls its NCs only through this."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,6 +72,7 @@ class NcResource:
     instances: int
     hypervisor_reachable: bool
     hypervisor_error: str
+    overlay_address: str  # the host's underlay address for the private overlay; "": none
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> NcResource:
@@ -85,6 +87,7 @@ class NcResource:
             instances=data["instances"],
             hypervisor_reachable=data["hypervisor_reachable"],
             hypervisor_error=data["hypervisor_error"],
+            overlay_address=data["overlay_address"],
         )
 
 
@@ -116,9 +119,13 @@ class NcClient:
     def describe_resource(self) -> NcResource:
         return NcResource.from_api(self.rpc.call("GET", "/v1/resource"))
 
-    def start_network(self, vlan: int) -> dict[str, Any]:
-        answer: dict[str, Any] = self.rpc.call("POST", "/v1/networks", {"vlan": vlan})
+    def start_network(self, vlan: int, peers: Collection[str] = ()) -> dict[str, Any]:
+        body = {"vlan": vlan, "peers": sorted(peers)}
+        answer: dict[str, Any] = self.rpc.call("POST", "/v1/networks", body)
         return answer
+
+    def stop_network(self, vlan: int) -> None:
+        self.rpc.call("DELETE", f"/v1/networks/{vlan}")
 
     def put_security_group(self, group: SecurityGroup) -> None:
         self.rpc.call("PUT", f"/v1/security-groups/{group.group_id}", group.to_api())

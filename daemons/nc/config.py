@@ -36,6 +36,10 @@ class NcConfig(DaemonConfig):
     kernel_cmdline: str = ""
     public_bridge: str = ""
     private_bridge_prefix: str = "mlvlan"
+    # The private overlay (etc/mallee.conf.example): "" (none: a VLAN's bridge reaches
+    # this host's instances only) or "vxlan", from this host's address overlay_address.
+    overlay: str = ""
+    overlay_address: str = ""
     monitor_interval_s: float = 5.0
     terminated_retention_s: int = 3600
     console_max_bytes: int = 65536

@@ -44,6 +44,7 @@ from mallee.nc.hypervisor import Hypervisor, choose_virt_type
 from mallee.nc.images import Cancellation, ImageCache, LaunchCancelled
 from mallee.nc.model import LIVE_STATES, Failure, Instance, NcState, SecurityGroup
 from mallee.nc.network import Networks
+from mallee.nc.overlay import VxlanOverlay
 from mallee.nc.store import MARKER, InstanceStore
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class NodeController:
             config.image_fetch_timeout_s,
             image_tls,
         )
-        self.networks = Networks(config.private_bridge_prefix)
+        overlay = VxlanOverlay(config.overlay_address) if config.overlay == "vxlan" else None
+        self.networks = Networks(config.private_bridge_prefix, overlay)
         self.firewall = Firewall(config.node_name, Path(config.instance_dir) / FIREWALL_FILE)
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
@@ -434,12 +436,13 @@ class NodeController:
             **resources.describe(most, left, live),
             "hypervisor_reachable": not self.problem,
             "hypervisor_error": self.problem,
+            "overlay_address": self.networks.overlay.local if self.networks.overlay else "",
         }
 
-    def start_network(self, vlan: int) -> dict[str, object]:
+    def start_network(self, vlan: int, peers: list[str]) -> dict[str, object]:
         if problem := hostcheck.bridge_filtering_problem():
             raise NetworkSetupFailed(problem)
-        return self.networks.start(vlan)
+        return self.networks.start(vlan, peers)
 
     def put_security_group(self, group: SecurityGroup) -> None:
         self.firewall.put_group(group, self._ports)

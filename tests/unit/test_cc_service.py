@@ -34,7 +34,10 @@ STATES = {"staging": ("pending", 0), "running": ("running", 16), "terminated": (
 
 
 def nc_view(
-    instance_id: str, nc_state: str, failure: dict[str, Any] | None = None
+    instance_id: str,
+    nc_state: str,
+    failure: dict[str, Any] | None = None,
+    net: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An instance as an NC describes it."""
     name, code = STATES[nc_state]
@@ -46,7 +49,7 @@ def nc_view(
         "image_id": IMAGE["id"],
         "kernel_id": None,
         "ramdisk_id": None,
-        "net": {},
+        "net": net or {},
         "state": {"name": name, "code": code},
         "nc_state": nc_state,
         "state_reason": "launch failed" if failure else "",
@@ -67,6 +70,8 @@ class FakeNc:
         self.launch_failure: dict[str, Any] | None = None  # every launch fails so
         self.libvirt_down = False  # answers 503 HypervisorUnavailable, as the real NC
         self.groups: dict[str, Any] = {}  # security groups put here
+        self.overlay_address = ""  # none: its private networks flood nowhere
+        self.networks: dict[int, list[str]] = {}  # started: VLAN → peers
 
     def live(self) -> int:
         return sum(1 for i in self.instances.values() if i["nc_state"] != "terminated")
@@ -92,9 +97,14 @@ class FakeNc:
                 "instances": self.live(),
                 "hypervisor_reachable": not self.libvirt_down,
                 "hypervisor_error": "libvirt does not answer" if self.libvirt_down else "",
+                "overlay_address": self.overlay_address,
             }
+        if path.startswith("/v1/networks"):
+            return self.handle_network(method, path, body)
         if (method, path) == ("POST", "/v1/instances"):
             instance_id = body["instance_id"]
+            if (vlan := body.get("net", {}).get("vlan")) and vlan not in self.networks:
+                raise RemoteError(409, "NetworkNotStarted", f"VLAN {vlan} is not started")
             if self.live() >= self.cores:
                 raise RemoteError(409, "InsufficientInstanceCapacity", "full")
             if self.launch_failure:
@@ -102,7 +112,7 @@ class FakeNc:
                     instance_id, "terminated", self.launch_failure
                 )
             else:
-                self.instances[instance_id] = nc_view(instance_id, "running")
+                self.instances[instance_id] = nc_view(instance_id, "running", net=body.get("net"))
             if self.lose_answers:
                 raise Unreachable("read timed out", maybe_delivered=True)
             return nc_view(instance_id, "staging")
@@ -112,9 +122,22 @@ class FakeNc:
             instance_id = path.rsplit("/", 1)[1]
             if instance_id not in self.instances:
                 raise RemoteError(404, InstanceNotFound.code, "no such instance")
-            self.instances[instance_id] = nc_view(instance_id, "terminated")
+            net = self.instances[instance_id]["net"]
+            self.instances[instance_id] = nc_view(instance_id, "terminated", net=net)
             return self.instances[instance_id]
         raise AssertionError(f"unexpected {method} {path}")
+
+    def handle_network(self, method: str, path: str, body: Any) -> Any:
+        if method == "POST":
+            self.networks[body["vlan"]] = body["peers"]
+            return {"vlan": body["vlan"], "bridge": "b", "peers": body["peers"]}
+        vlan = int(path.rpartition("/")[2])
+        users = [i for i, v in self.instances.items()
+                 if v["nc_state"] != "terminated" and v["net"].get("vlan") == vlan]  # fmt: skip
+        if users:
+            raise RemoteError(409, "NetworkInUse", f"{users} on it")
+        del self.networks[vlan]
+        return {"vlan": vlan}
 
     def handle_group(self, method: str, group_id: str, body: Any) -> Any:
         if method == "GET":
@@ -441,3 +464,39 @@ def test_deleting_a_group_the_cluster_does_not_have(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, a=2)
     with pytest.raises(SecurityGroupNotFound, match="sg-0000000c is not in this cluster"):
         cluster.cc.delete_security_group("sg-0000000c")
+
+
+def test_each_node_carrying_a_vlan_floods_to_the_others_carrying_it(tmp_path: Path) -> None:
+    """A VLAN is started on a node before its first instance there, flooding to the
+    other nodes of the VLAN (which learn of the newcomer too); a node with none of its
+    instances left stops it, and the others forget it."""
+    cluster = Cluster(tmp_path, a=1, b=1, c=1)
+    for name, nc in cluster.ncs.items():
+        nc.overlay_address = {"a": "10.9.0.1", "b": "10.9.0.2", "c": "10.9.0.3"}[name]
+    cluster.cc.poll()
+
+    def run_on_vlan(instance_id: str, vlan: int) -> str:
+        net = {"private_mac": f"d0:0d:00:00:00:{instance_id[-2:]}", "vlan": vlan}
+        [placed] = cluster.cc.run_instances(
+            {
+                "reservation_id": "r-01234567",
+                "owner_id": "alice",
+                "vm_type": SMALL,
+                "image": IMAGE,
+                "instances": [{"instance_id": instance_id, "net": net}],
+            }
+        )
+        return str(placed["node"])
+
+    first = run_on_vlan(iid(1), 10)
+    second = run_on_vlan(iid(2), 10)
+    other = run_on_vlan(iid(3), 20)
+    address = {name: nc.overlay_address for name, nc in cluster.ncs.items()}
+    assert cluster.ncs[first].networks == {10: [address[second]]}
+    assert cluster.ncs[second].networks == {10: [address[first]]}
+    assert cluster.ncs[other].networks == {20: []}  # alone on VLAN 20: floods nowhere
+
+    cluster.cc.terminate_instances([iid(2)])
+    cluster.cc.poll()
+    assert cluster.ncs[second].networks == {}
+    assert cluster.ncs[first].networks == {10: []}

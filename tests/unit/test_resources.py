@@ -110,7 +110,9 @@ def test_the_cc_reads_back_what_the_nc_describes() -> None:
         **resources.describe(most, left, 1),
         "hypervisor_reachable": True,
         "hypervisor_error": "",
+        "overlay_address": "10.9.0.1",
     }
     OpenApiSpec(Path(resources.__file__).with_name("openapi.yaml")).validate("Resource", answer)
     read = NcResource.from_api(answer)
     assert (read.maximum, read.available, read.instances) == (most, left, 1)
+    assert read.overlay_address == "10.9.0.1"
