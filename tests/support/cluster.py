@@ -31,13 +31,16 @@ BIG = {"name": "t1.big", "cores": 3, "memory_mb": 256, "disk_gb": 1}
 
 
 @contextmanager
-def blank_image(folder: Path, size: int = 1 << 20) -> Iterator[tuple[FileServer, dict[str, str]]]:
-    """A blank raw image of ``size`` bytes, served over HTTP from ``folder``."""
+def blank_image(
+    folder: Path, size: int = 1 << 20, address: str = "127.0.0.1"
+) -> Iterator[tuple[FileServer, dict[str, str]]]:
+    """A blank raw image of ``size`` bytes, served over HTTP from ``folder`` at
+    ``address``."""
     folder.mkdir()
     path = folder / "blank.raw"
     path.write_bytes(b"\0" * size)
     digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    with serve_directory(folder) as server:
+    with serve_directory(folder, address=address) as server:
         yield server, {"id": "emi-b1a4b1a4", "url": f"{server.url}/blank.raw", "digest": digest}
 
 

@@ -140,6 +140,10 @@ class Pki:
     foreign: ClientTLS  # a "cc" certificate from another CA
 
 
+# The addresses of the test bed's hosts (tests/support/hosts.py), on its underlay.
+TEST_BED_HOSTS = [f"10.99.0.{n}" for n in range(2, 10)]
+
+
 def make_pki(d: Path) -> Pki:
     tls.create_ca(d)
     ca = str(d / "ca.pem")
@@ -152,7 +156,7 @@ def make_pki(d: Path) -> Pki:
     cc_server = tls.issue(d, d, "cc-test", "cc", ["localhost", "127.0.0.1"])
     return Pki(
         ca=d / "ca.pem",
-        nc=tls.issue(d, d, "nc-test", "nc", ["localhost", "127.0.0.1"]),
+        nc=tls.issue(d, d, "nc-test", "nc", ["localhost", "127.0.0.1", *TEST_BED_HOSTS]),
         cc_server=cc_server,
         cc=ClientTLS(ca, str(cc_server[0]), str(cc_server[1])),
         clc=client("clc-test", "clc"),
@@ -184,11 +188,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
+def _listening(address: str, port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection((address, port), timeout=1).close()
         return True
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, TimeoutError):
         return False
 
 
@@ -216,11 +220,14 @@ class Daemon:
         settings: dict[str, Any],
     ) -> None:
         self.workdir = workdir
+        # In a network namespace of the test bed (a host of its own), at its address.
+        self.netns: str = settings.pop("netns", "")
+        self.address: str = settings.pop("address", "127.0.0.1")
         self.port = int(settings.pop("port", 0)) or free_port()  # a restart keeps its port
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.url = f"https://{self.address}:{self.port}"
         self.log = workdir / f"{self.component}.log"
         section = {
-            "listen": "127.0.0.1",
+            "listen": self.address,
             "port": self.port,
             "tls_cert": str(server_cert[0]),
             "tls_key": str(server_cert[1]),
@@ -235,8 +242,10 @@ class Daemon:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
+            inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+            command = [sys.executable, "-m", f"mallee.{self.component}", "--config"]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"mallee.{self.component}", "--config", str(self.config)],
+                [*inside, *command, str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -260,7 +269,9 @@ class Daemon:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
-        wait_until(lambda: not _listening(self.port), 10, f"port {self.port} to close")
+        wait_until(
+            lambda: not _listening(self.address, self.port), 10, f"port {self.port} to close"
+        )
 
     def ask_to_stop(self) -> None:
         """SIGTERM, not waiting: gunicorn lingers about 2 s for kept-alive callers."""

@@ -51,12 +51,23 @@ def link(a: str, b: str, address_a: str, address_b: str, enslave_to: str = "") -
         host.run("ip", "-n", ns(name), "link", "set", "eth0", "up")
 
 
-def attach(instance: str, on: str, bridge: str, address: str, mtu: int = 1500) -> None:
+def attach(
+    instance: str,
+    on: str,
+    bridge: str,
+    address: str,
+    mtu: int = 1500,
+    tap: str = "",
+    mac: str = "",
+) -> None:
     """Instance ``instance`` (a namespace) on ``bridge`` of host ``on``, at ``address``
-    (a /24), through a veth whose host end is named as a tap."""
-    tap = f"mtp{instance}"[:15]
+    (a /24), through a veth whose host end is named as a tap (``tap``: as the NC names
+    a given instance's), its NIC with ``mac`` if given."""
+    tap = tap or f"mtp{instance}"[:15]
     host.run("ip", "-n", ns(on), "link", "add", tap, "type", "veth",
              "peer", "name", "eth0", "netns", ns(instance))  # fmt: skip
+    if mac:
+        host.run("ip", "-n", ns(instance), "link", "set", "eth0", "address", mac)
     host.run("ip", "-n", ns(on), "link", "set", tap, "master", bridge, "mtu", str(mtu), "up")
     host.run("ip", "-n", ns(instance), "addr", "add", f"{address}/24", "dev", "eth0")
     host.run("ip", "-n", ns(instance), "link", "set", "eth0", "mtu", str(mtu), "up")
@@ -68,3 +79,29 @@ def pings(source: str, address: str, count: int = 1) -> bool:
         return True
     except HostCommandFailed:
         return False
+
+
+@contextmanager
+def underlay(*names: str) -> Iterator[dict[str, str]]:
+    """Hosts ``names`` (namespaces made already) on one LAN with the test's own
+    namespace (at 10.99.0.1), at 10.99.0.2, .3, … in order (their ``eth1``): the
+    network their controller reaches their daemons on, and their overlay runs over.
+    Their addresses by name."""
+    bridge = "mlunder"
+    addresses = {name: f"10.99.0.{n + 2}" for n, name in enumerate(names)}
+    try:
+        host.run("ip", "link", "add", bridge, "type", "bridge")
+        host.run("ip", "addr", "add", "10.99.0.1/24", "dev", bridge)
+        host.run("ip", "link", "set", bridge, "up")
+        for name, address in addresses.items():
+            port = f"mlu{name}"[:15]
+            host.run("ip", "link", "add", port, "type", "veth",
+                     "peer", "name", "eth1", "netns", ns(name))  # fmt: skip
+            host.run("ip", "link", "set", port, "master", bridge, "up")
+            host.run("ip", "-n", ns(name), "addr", "add", f"{address}/24", "dev", "eth1")
+            host.run("ip", "-n", ns(name), "link", "set", "eth1", "up")
+        yield addresses
+    finally:
+        for link_name in [f"mlu{name}"[:15] for name in names] + [bridge]:
+            with contextlib.suppress(HostCommandFailed):
+                host.run("ip", "link", "del", link_name)

@@ -29,7 +29,9 @@ class FileServer:
 
 
 @contextmanager
-def serve_directory(root: Path, delay_s: float = 0.0, port: int = 0) -> Iterator[FileServer]:
+def serve_directory(
+    root: Path, delay_s: float = 0.0, port: int = 0, address: str = "127.0.0.1"
+) -> Iterator[FileServer]:
     server = FileServer(root, delay_s=delay_s)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -54,10 +56,10 @@ def serve_directory(root: Path, delay_s: float = 0.0, port: int = 0) -> Iterator
             pass
 
     httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", port), functools.partial(Handler, directory=str(root))
+        (address, port), functools.partial(Handler, directory=str(root))
     )
     httpd.daemon_threads = True
-    server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    server.url = f"http://{address}:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
