@@ -38,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mallee.common import host
-from mallee.nc.network import Networks
-from mallee.nc.overlay import VdeSwitch, VxlanOverlay
+from mallee.common.networks import Networks
+from mallee.common.overlay import VdeSwitch, VxlanOverlay
 from tests.support.hosts import attach, link, namespaces, ns, pings, run_in
 from tests.support.network import inside
 

@@ -42,7 +42,9 @@ class AddressesExhausted(MalleeError):
 
 
 @dataclass(frozen=True, order=True)
-class PublicAddress:
+class AddressPair:
+    """An address and the MAC a DHCP server gives it to."""
+
     address: str
     mac: str
 
@@ -55,7 +57,7 @@ class AddressPlan:
     network: netaddr.IPNetwork  # the public interface's subnet
     router: str  # the public interface's own address
     pool: tuple[str, ...] = ()  # MANAGED
-    table: tuple[PublicAddress, ...] = ()  # STATIC
+    table: tuple[AddressPair, ...] = ()  # STATIC
 
 
 def _mac(text: str, where: str) -> str:
@@ -112,14 +114,14 @@ def plan(
         return AddressPlan(mode, network, router, pool=tuple(addresses))
     if not table:
         raise ConfigError('[cc] public_mode = static needs public_table ("MAC=ADDRESS" pairs)')
-    pairs: list[PublicAddress] = []
+    pairs: list[AddressPair] = []
     for entry in table:
         where = f"[cc] public_table entry {entry!r}"
         mac, sep, address = entry.partition("=")
         if not sep:
             raise ConfigError(f"{where}: expected MAC=ADDRESS")
         pairs.append(
-            PublicAddress(
+            AddressPair(
                 _address_in(address.strip(), network, router, where), _mac(mac.strip(), where)
             )
         )
@@ -149,24 +151,24 @@ class AddressStore:
             " public_ip TEXT PRIMARY KEY, instance_id TEXT NOT NULL UNIQUE)",
         )
 
-    def held(self) -> dict[str, PublicAddress]:
+    def held(self) -> dict[str, AddressPair]:
         """Instance id → its pair."""
         with self._lock:
             rows = self._db.execute("SELECT instance_id, address, mac FROM public_addresses")
-            return {i: PublicAddress(a, m) for i, a, m in rows.fetchall()}
+            return {i: AddressPair(a, m) for i, a, m in rows.fetchall()}
 
-    def take(self, wanted: Sequence[tuple[str, str]]) -> dict[str, PublicAddress]:
+    def take(self, wanted: Sequence[tuple[str, str]]) -> dict[str, AddressPair]:
         """A pair for each (instance id, MAC of its public NIC), all or none. In MANAGED
         mode the pair keeps the instance's MAC; in STATIC mode it is the table's."""
         with self._lock:
             rows = self._db.execute("SELECT instance_id, address, mac FROM public_addresses")
-            held = {i: PublicAddress(a, m) for i, a, m in rows.fetchall()}
+            held = {i: AddressPair(a, m) for i, a, m in rows.fetchall()}
             kept = {i: held[i] for i, _ in wanted if i in held}  # sent again: what it has
             fresh = [(i, mac) for i, mac in wanted if i not in held]
             used_addresses = {p.address for p in held.values()}
             used_macs = {p.mac for p in held.values()}
             if self.plan.mode is PublicMode.MANAGED:
-                free = [PublicAddress(a, "") for a in self.plan.pool if a not in used_addresses]
+                free = [AddressPair(a, "") for a in self.plan.pool if a not in used_addresses]
             else:
                 free = [
                     p
@@ -184,7 +186,7 @@ class AddressStore:
                     f" has {len(free)} free of {len(self.plan.pool or self.plan.table)}"
                 )
             given = {
-                instance_id: PublicAddress(pair.address, pair.mac or mac.lower())
+                instance_id: AddressPair(pair.address, pair.mac or mac.lower())
                 for (instance_id, mac), pair in zip(fresh, free, strict=False)
             }
             with self._db:
@@ -195,7 +197,7 @@ class AddressStore:
                 )
             return kept | given
 
-    def release(self, instance_ids: Iterable[str]) -> list[PublicAddress]:
+    def release(self, instance_ids: Iterable[str]) -> list[AddressPair]:
         """Give back what these instances hold; the pairs given back."""
         ids = list(instance_ids)
         if not ids:
@@ -207,7 +209,7 @@ class AddressStore:
                 f"SELECT address, mac FROM public_addresses WHERE instance_id IN ({marks})", ids
             ).fetchall()
             self._db.execute(f"DELETE FROM public_addresses WHERE instance_id IN ({marks})", ids)
-        return [PublicAddress(a, m) for a, m in rows]
+        return [AddressPair(a, m) for a, m in rows]
 
     def elastic(self) -> dict[str, str]:
         """Elastic address → the instance it is associated with."""

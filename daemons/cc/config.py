@@ -34,3 +34,9 @@ class CcConfig(DaemonConfig):
     public_table: list[str] = field(default_factory=list)
     public_dns: list[str] = field(default_factory=list)
     metadata_address: str = ""
+    # The private overlay (etc/mallee.conf.example): this CC routes and serves DHCP on
+    # each VLAN its nodes carry, its slice of private_subnet (the CLC's).
+    overlay: str = ""
+    overlay_address: str = ""
+    private_subnet: str = ""
+    private_slice_prefix: int = 24

@@ -1,6 +1,7 @@
-"""The CC's DHCP server for instances' public NICs (MANAGED and STATIC modes): a
-dnsmasq of the CC's own, bound to the public interface only, serving exactly the pairs
-the address store holds (no address to a MAC it does not know), and no DNS.
+"""The CC's DHCP servers: one for instances' public NICs (MANAGED and STATIC modes) and
+one per VLAN of the private overlay. Each is a dnsmasq of the CC's own, bound to one
+interface only, serving exactly the pairs it is given (no address to a MAC it does not
+know), and no DNS.
 
 The CC supervises it: starts it with itself (ending one a killed CC left behind, known
 by its pid file and command line), starts it again when a poll finds it dead, tells it
@@ -25,7 +26,7 @@ from pathlib import Path
 import netaddr
 from pyroute2 import IPRoute
 
-from mallee.cc.addresses import AddressPlan, PublicAddress
+from mallee.cc.addresses import AddressPair
 from mallee.common import host
 from mallee.common.config import ConfigError
 from mallee.common.errors import HostCommandFailed, MalleeError
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_S = 3600  # instances renew at half of it; a CC down that long stops no one
 START_TIMEOUT_S = 10.0
+HOSTS_FILE, PID_FILE = "hosts", "dnsmasq.pid"
 
 
 class DhcpFailed(MalleeError):
@@ -57,21 +59,50 @@ def interface_address(name: str) -> netaddr.IPNetwork:
     )
 
 
+def end_stale(directory: Path) -> None:
+    """End the dnsmasq of the pid file in ``directory``, if it is one of a CC (its
+    command line names that folder's hosts file): never another program that reused
+    the pid."""
+    try:
+        pid = int((directory / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if f"--dhcp-hostsfile={directory / HOSTS_FILE}".encode() not in cmdline:
+        return
+    logger.info("ending dnsmasq %d, left by an earlier CC", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 class DhcpServer:
-    def __init__(self, directory: Path, interface: str, plan: AddressPlan, dns: list[str]) -> None:
+    """dnsmasq on ``interface``, whose ``network`` it serves with ``router`` as the
+    gateway, naming ``dns`` servers and an interface ``mtu`` if given."""
+
+    def __init__(
+        self,
+        directory: Path,
+        interface: str,
+        network: netaddr.IPNetwork,
+        router: str,
+        dns: list[str],
+        mtu: int | None = None,
+    ) -> None:
         self.directory = directory
         self.interface = interface
-        self.plan = plan
+        self.network = network
+        self.router = router
         self.dns = dns
-        self.hosts_file = directory / "hosts"
+        self.mtu = mtu
+        self.hosts_file = directory / HOSTS_FILE
         self.lease_file = directory / "leases"
-        self.pid_file = directory / "dnsmasq.pid"
+        self.pid_file = directory / PID_FILE
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
-        self._served: set[PublicAddress] = set()
+        self._served: set[AddressPair] = set()
 
     def _command(self) -> list[str]:
-        network = self.plan.network
+        network = self.network
         command = [
             "dnsmasq",
             "--keep-in-foreground",
@@ -82,8 +113,8 @@ class DhcpServer:
             "--bind-interfaces",
             f"--interface={self.interface}",
             "--except-interface=lo",
-            f"--dhcp-range=set:public,{network.network},static,{network.netmask},{LEASE_S}",
-            f"--dhcp-option=tag:public,option:router,{self.plan.router}",
+            f"--dhcp-range=set:net,{network.network},static,{network.netmask},{LEASE_S}",
+            f"--dhcp-option=tag:net,option:router,{self.router}",
             f"--dhcp-hostsfile={self.hosts_file}",
             f"--dhcp-leasefile={self.lease_file}",
             f"--pid-file={self.pid_file}",
@@ -91,19 +122,22 @@ class DhcpServer:
             "--log-dhcp",
         ]
         if self.dns:
-            command.append(f"--dhcp-option=tag:public,option:dns-server,{','.join(self.dns)}")
+            command.append(f"--dhcp-option=tag:net,option:dns-server,{','.join(self.dns)}")
+        if self.mtu:
+            # sent unasked: clients do not ask for it, and must not send larger frames
+            command.append(f"--dhcp-option-force=tag:net,option:mtu,{self.mtu}")
         return command
 
-    def start(self, pairs: Iterable[PublicAddress]) -> None:
+    def start(self, pairs: Iterable[AddressPair]) -> None:
         """Serve ``pairs``; a dnsmasq a killed CC left is ended first (its leases stay)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)  # dnsmasq reads the hosts file as its own user
         with self._lock:
-            self._end_stale()
+            end_stale(self.directory)
             self._write_hosts(set(pairs))
             self._spawn()
 
-    def _write_hosts(self, pairs: set[PublicAddress]) -> None:
+    def _write_hosts(self, pairs: set[AddressPair]) -> None:
         lines = "".join(f"{p.mac},{p.address}\n" for p in sorted(pairs))
         staged = self.hosts_file.with_suffix(".new")
         staged.write_text(lines)
@@ -133,21 +167,7 @@ class DhcpServer:
             time.sleep(0.05)
         self._process = process
 
-    def _end_stale(self) -> None:
-        """End the dnsmasq of this CC's pid file, if it is one (its command line names
-        this hosts file): never another program that reused the pid."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return
-        if f"--dhcp-hostsfile={self.hosts_file}".encode() not in cmdline:
-            return
-        logger.info("ending dnsmasq %d, left by an earlier CC", pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-    def serve(self, pairs: Iterable[PublicAddress]) -> None:
+    def serve(self, pairs: Iterable[AddressPair]) -> None:
         """Serve exactly ``pairs`` from now on; the leases of pairs no longer served end."""
         wanted = set(pairs)
         with self._lock:

@@ -97,6 +97,6 @@ class Reservation:
     instance_id: str
     node: str
     vm_type: VmType
-    vlan: int | None = None  # of its private NIC, which its node is to carry
+    net: dict[str, Any] = field(default_factory=dict)  # its NICs, as sent to its node
     view: NcInstance | None = None  # the NC's last word on it while dispatching
     dispatched_at: float | None = None  # monotonic

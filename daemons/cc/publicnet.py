@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from mallee.cc import addresses
-from mallee.cc.addresses import AddressStore, PublicAddress, PublicMode
+from mallee.cc.addresses import AddressPair, AddressStore, PublicMode
 from mallee.cc.config import CcConfig
 from mallee.cc.dhcp import DhcpServer, interface_address
 from mallee.cc.router import Router, metadata_target
@@ -70,7 +70,9 @@ class PublicNetwork:
         metadata = metadata_target(config.metadata_address) if config.metadata_address else None
         state = Path(config.state_dir)
         store = AddressStore(state / "cc.db", plan)
-        dhcp = DhcpServer(state / "dhcp", config.public_interface, plan, config.public_dns)
+        dhcp = DhcpServer(
+            state / "dhcp", config.public_interface, plan.network, plan.router, config.public_dns
+        )
         router = Router(config.public_interface, metadata)
         router.check()
         network = cls(store, dhcp, router)
@@ -83,7 +85,7 @@ class PublicNetwork:
         pair = self._held.get(instance_id)
         return pair.address if pair else ""
 
-    def take(self, wanted: Sequence[tuple[str, str]]) -> dict[str, PublicAddress]:
+    def take(self, wanted: Sequence[tuple[str, str]]) -> dict[str, AddressPair]:
         """Pairs for these (instance id, public MAC), served before this returns: the
         instance's first DHCP request is answered."""
         with self._lock:

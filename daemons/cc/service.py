@@ -15,6 +15,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -22,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from mallee.cc import scheduler, vlans
+from mallee.cc.addresses import AddressPair
 from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
 from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
+from mallee.cc.privatenet import PrivateNetworks
 from mallee.cc.publicnet import NoPublicNetwork, PublicNetwork
 from mallee.cc.registry import NodeRegistry
 from mallee.cc.vlans import OverlayControl
 from mallee.common.capacity import VmType
+from mallee.common.config import ConfigError
 from mallee.common.errors import (
     HypervisorUnavailable,
     InstanceAlreadyExists,
@@ -42,6 +46,7 @@ from mallee.common.errors import (
     SecurityGroupNotFound,
 )
 from mallee.common.metrics import Metrics
+from mallee.common.overlay import overlay_problem
 from mallee.common.rpc import ClientTLS, RemoteError, RpcClient, Unreachable
 from mallee.nc.client import NcClient, NcInstance
 from mallee.nc.model import NcState, SecurityGroup
@@ -97,6 +102,8 @@ class ClusterController:
         self.groups = GroupStore(Path(config.state_dir) / "cc.db")
         self.public = PublicNetwork.from_config(config)  # None in SYSTEM mode
         self.overlay = OverlayControl(lambda node: self._node_clients(node).call)
+        self.private = _private_networks(config)  # None without an overlay
+        self._vlans_lock = threading.Lock()
         # Changes of the groups and the bringing of nodes in step, one at a time: a node
         # is never left with an older version than the store's.
         self._groups_lock = threading.Lock()
@@ -123,9 +130,11 @@ class ClusterController:
         self._group_pool = ThreadPoolExecutor(REFRESH_WORKERS, "cc-groups")
 
     def stop(self) -> None:
-        """End the processes the CC supervises (its dnsmasq); their state stays."""
+        """End the processes the CC supervises (its dnsmasqs); their state stays."""
         if self.public is not None:
             self.public.stop()
+        if self.private is not None:
+            self.private.stop()
 
     def _add(self, node: Node) -> None:
         """Track a registered node. Lock held (or not yet shared)."""
@@ -424,10 +433,10 @@ class ClusterController:
                 if not_up := self._not_up():
                     raise NodesUnavailable(f"{message}; nodes not available: {not_up}")
                 raise InsufficientResources(message)
-            vlans = {i["instance_id"]: _private_vlan(i) for i in request["instances"]}
+            nets = {i["instance_id"]: i.get("net") or {} for i in request["instances"]}
             for instance_id, node in zip(ids, nodes, strict=True):
                 self._reservations[instance_id] = Reservation(
-                    instance_id, node, vm, vlans[instance_id]
+                    instance_id, node, vm, nets[instance_id]
                 )
             try:
                 items = self._with_public_addresses(request["instances"])
@@ -488,8 +497,8 @@ class ClusterController:
             while True:
                 tried.append(node)
                 try:
-                    if (vlan := _private_vlan(body)) is not None:
-                        self._carry_vlans(must=(node, vlan))
+                    if (nic := _private_nic(body.get("net") or {})) is not None:
+                        self._carry_vlans(must=(node, nic[0]))
                     instance = self._launch_on(node, body)
                 except _LaunchLost as lost:
                     # Keep the reservation; the next poll of the node settles it
@@ -615,7 +624,7 @@ class ClusterController:
                 raise NodesUnavailable(message)
             old = self._reservations.get(instance_id)
             self._reservations[instance_id] = Reservation(
-                instance_id, candidate.name, vm, old.vlan if old else None
+                instance_id, candidate.name, vm, old.net if old else {}
             )
             return candidate.name
 
@@ -638,20 +647,40 @@ class ClusterController:
     # -- the private overlay ------------------------------------------------------------
 
     def _carry_vlans(self, must: tuple[str, int] | None = None) -> None:
-        """Tell the nodes which VLANs they carry and their peers (vlans.py); with
-        ``must``, that node's failure to start that VLAN is raised (it is about to run
-        an instance on it)."""
-        with self._lock:
-            placements = {(r.node, r.vlan) for r in self._reservations.values() if r.vlan}
-            for state in self._nodes.values():
-                placements |= {
-                    (state.node.name, vlan)
-                    for i in state.instances.values()
-                    if i.nc_state is not NcState.TERMINATED
-                    and (vlan := _private_vlan({"net": i.net})) is not None
-                }
-            addresses = {name: s.overlay_address for name, s in self._nodes.items()}
-        failed = self.overlay.apply(vlans.plan(placements, addresses))
+        """Tell the nodes which VLANs they carry and their peers (vlans.py), and carry
+        them here as their router and DHCP server (privatenet.py); with ``must``, that
+        node's failure to start that VLAN is raised (it is about to run an instance on
+        it). One at a time: none applies an older picture after a newer one."""
+        with self._vlans_lock:
+            with self._lock:
+                nics = [
+                    (r.node, nic)
+                    for r in self._reservations.values()
+                    if (nic := _private_nic(r.net)) is not None
+                ]
+                for state in self._nodes.values():
+                    nics += [
+                        (state.node.name, nic)
+                        for i in state.instances.values()
+                        if i.nc_state is not NcState.TERMINATED
+                        and (nic := _private_nic(i.net)) is not None
+                    ]
+                addresses = {name: s.overlay_address for name, s in self._nodes.items()}
+            placements = {(node, vlan) for node, (vlan, _) in nics}
+            if self.private is not None:  # this CC carries every VLAN its nodes carry
+                placements |= {(vlans.THIS_CC, vlan) for _, vlan in placements}
+                addresses[vlans.THIS_CC] = self.config.overlay_address
+            wanted = vlans.plan(placements, addresses)
+            mine = wanted.pop(vlans.THIS_CC, {})
+            failed = self.overlay.apply(wanted)
+            if self.private is not None:
+                pairs: dict[int, set[AddressPair]] = defaultdict(set)
+                for _, (vlan, pair) in nics:
+                    pairs[vlan].add(pair)
+                try:
+                    self.private.apply({v: (peers, pairs[v]) for v, peers in mine.items()})
+                except MalleeError as e:
+                    logger.error("private networks not carried here: %s", e.message)
         if must is not None and must[0] in failed:
             raise failed[must[0]]
 
@@ -763,7 +792,24 @@ def _forget_group(client: NcClient, group_id: str) -> None:
         raise
 
 
-def _private_vlan(item: dict[str, Any]) -> int | None:
-    """The VLAN of an instance's private NIC, if it has one."""
-    net = item.get("net") or {}
-    return net.get("vlan") if net.get("private_mac") and net.get("vlan") else None
+def _private_nic(net: dict[str, Any]) -> tuple[int, AddressPair] | None:
+    """The VLAN and the (address, MAC) of an instance's private NIC, if it has one."""
+    if not (net.get("private_mac") and net.get("vlan")):
+        return None
+    return net["vlan"], AddressPair(net.get("private_ip") or "", net["private_mac"].lower())
+
+
+def _private_networks(config: CcConfig) -> PrivateNetworks | None:
+    """The CC's side of the private overlay, as ``[cc]`` asks; None without one."""
+    if problem := overlay_problem("cc", config.overlay, config.overlay_address):
+        raise ConfigError(problem)
+    if not config.overlay:
+        return None
+    if not config.private_subnet:
+        raise ConfigError(
+            "[cc] overlay needs private_subnet, the CLC's: the CC routes each VLAN's slice of it"
+        )
+    state = Path(config.state_dir) / "vlans"
+    return PrivateNetworks(
+        state, config.overlay_address, config.private_subnet, config.private_slice_prefix
+    )

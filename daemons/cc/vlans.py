@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 # node → VLAN → the underlay addresses of the VLAN's other nodes
 Plan = dict[str, dict[int, frozenset[str]]]
+THIS_CC = ""  # the CC itself among the carriers (no node is named "")
 
 
 def plan(placements: Iterable[tuple[str, int]], addresses: dict[str, str]) -> Plan:

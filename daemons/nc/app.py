@@ -10,6 +10,7 @@ import flask
 
 from mallee.common import config, log, rpc
 from mallee.common.openapi import OpenApiSpec
+from mallee.common.overlay import overlay_problem
 from mallee.common.periodic import Periodic
 from mallee.nc import api, hostcheck
 from mallee.nc.config import NcConfig
@@ -28,7 +29,7 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     bridged = nc_config.public_bridge not in ("", "user")
     if bridged and (problem := hostcheck.bridge_filtering_problem()):
         raise RefusedToStart(problem)
-    if problem := hostcheck.overlay_problem(nc_config.overlay, nc_config.overlay_address):
+    if problem := overlay_problem("nc", nc_config.overlay, nc_config.overlay_address):
         raise RefusedToStart(problem)
     image_tls = (
         rpc.ClientTLS(common.ca_cert, nc_config.tls_cert, nc_config.tls_key) if common.tls else None

@@ -15,12 +15,9 @@ import grp
 import os
 import pwd
 import re
-import socket
 import stat
 from collections.abc import Callable, Collection
 from pathlib import Path
-
-from pyroute2 import IPRoute
 
 KVM_DEVICE = Path("/dev/kvm")
 # Whether bridged IPv4 passes nftables' inet hooks (br_netfilter), where the security
@@ -130,26 +127,5 @@ def bridge_filtering_problem(setting: Path = BRIDGE_FILTERING) -> str:
             f"bridged instance NICs cannot be filtered here: {setting} is 0, so bridged IPv4 "
             "skips nftables and security groups would hold nothing (sysctl -w "
             "net.bridge.bridge-nf-call-iptables=1; mallee's installer sets it)"
-        )
-    return ""
-
-
-def overlay_problem(overlay: str, address: str) -> str:
-    """Why the ``[nc]`` overlay keys cannot work on this host ("" if they can)."""
-    if overlay == "":
-        return ""
-    if overlay != "vxlan":
-        return (
-            f'[nc] overlay: {overlay!r} is not an overlay the NC runs; use "vxlan" (hosts'
-            ' that reach each other over UDP) or "" (none)'
-        )
-    if not address:
-        return "[nc] overlay = vxlan needs overlay_address, this host's address on the underlay"
-    with IPRoute() as ipr:
-        local = {m.get("IFA_ADDRESS") for m in ipr.get_addr(family=socket.AF_INET)}
-    if address not in local:
-        return (
-            f"[nc] overlay_address: {address} is not an address of this host (it has"
-            f" {', '.join(sorted(local))})"
         )
     return ""

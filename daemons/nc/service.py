@@ -35,6 +35,8 @@ from mallee.common.errors import (
     SecurityGroupInUse,
     SecurityGroupNotFound,
 )
+from mallee.common.networks import Networks
+from mallee.common.overlay import VxlanOverlay
 from mallee.common.rpc import ClientTLS
 from mallee.nc import disks, hostcheck, resources
 from mallee.nc.config import NcConfig
@@ -43,8 +45,6 @@ from mallee.nc.firewall import Firewall, Port
 from mallee.nc.hypervisor import Hypervisor, choose_virt_type
 from mallee.nc.images import Cancellation, ImageCache, LaunchCancelled
 from mallee.nc.model import LIVE_STATES, Failure, Instance, NcState, SecurityGroup
-from mallee.nc.network import Networks
-from mallee.nc.overlay import VxlanOverlay
 from mallee.nc.store import MARKER, InstanceStore
 
 logger = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ def test_private_nic_on_a_started_vlan(
     assert nc.files() == [] and nc.domains() == set()
 
     started = nc.client.call("POST", "/v1/networks", {"vlan": 42})
-    assert started == {"vlan": 42, "bridge": f"{prefix}42"}
+    assert started == {"vlan": 42, "bridge": f"{prefix}42", "peers": []}  # no overlay here
     assert bridge_exists(f"{prefix}42")
     assert nc.client.call("POST", "/v1/networks", {"vlan": 42}) == started  # idempotent
     assert nc.client.call("GET", "/v1/networks") == {"networks": [started]}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mallee.nc.network import Networks
-from mallee.nc.overlay import VdeSwitch, VxlanOverlay
-from tests.support.hosts import attach, link, namespaces, ns, pings, run_in
+from mallee.common.networks import Networks
+from mallee.common.overlay import VdeSwitch, VxlanOverlay
+from tests.support.hosts import attach, link, namespaces, ns, pings, run_in, vxlan_device
 from tests.support.network import inside
 
 HOSTS = {"a": "10.214.0.1", "b": "10.214.0.2"}
@@ -51,14 +51,14 @@ def test_vxlan_carries_each_vlan_to_the_other_host_and_keeps_vlans_apart(
     # The MTU holds: a full-size packet crosses (none would, were it 1500 over VXLAN).
     run_in("x", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28), Y)
 
-    flooding = run_in("a", "bridge", "fdb", "show", "dev", VxlanOverlay.device(10))
+    flooding = run_in("a", "bridge", "fdb", "show", "dev", vxlan_device(10))
     assert f"00:00:00:00:00:00 dst {HOSTS['b']}" in flooding
     with inside(ns("a")):
         overlays["a"].join(10, two_hosts["a"][10], [])  # b left the VLAN
         overlays["a"].leave(20)
-    flooding = run_in("a", "bridge", "fdb", "show", "dev", VxlanOverlay.device(10))
+    flooding = run_in("a", "bridge", "fdb", "show", "dev", vxlan_device(10))
     assert "00:00:00:00:00:00" not in flooding
-    assert VxlanOverlay.device(20) not in run_in("a", "ip", "-br", "link")
+    assert vxlan_device(20) not in run_in("a", "ip", "-br", "link")
 
 
 def test_vde_switches_carry_each_vlan_over_their_wire_and_keep_vlans_apart(

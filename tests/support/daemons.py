@@ -25,6 +25,7 @@ import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 
+from mallee.cc import privatenet
 from mallee.common import host, nftables, tls
 from mallee.common.rpc import ClientTLS, RpcClient
 from mallee.nc.domain import METADATA_NS
@@ -405,11 +406,16 @@ class CcDaemon(Daemon):
         return [int(pid) for pid in found.stdout.split()]
 
     def cleanup(self) -> None:
-        """After a test: stop the daemon, and end a dnsmasq a killed one left."""
+        """After a test: stop the daemon, end a dnsmasq a killed one left, and remove
+        the VLAN bridges and VXLAN devices a CC keeps for running instances."""
         self.stop()
         for pid in self.dnsmasq():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        prefixes = (privatenet.BRIDGE_PREFIX, privatenet.VXLAN_PREFIX)
+        for link in Path("/sys/class/net").iterdir():
+            if link.name.startswith(prefixes) and link.name[4:].isdigit():
+                subprocess.run(["ip", "link", "del", link.name], capture_output=True, check=False)
 
 
 class ClcDaemon(Daemon):

@@ -11,12 +11,18 @@ from contextlib import contextmanager
 
 from mallee.common import host
 from mallee.common.errors import HostCommandFailed
+from mallee.common.overlay import VxlanOverlay
 
 PREFIX = "mallee-h-"
 
 
 def ns(name: str) -> str:
     return PREFIX + name
+
+
+def vxlan_device(vlan: int) -> str:
+    """An NC's VXLAN device of ``vlan``."""
+    return VxlanOverlay("").device(vlan)
 
 
 def run_in(name: str, *argv: str, timeout_s: float = 120) -> str:
@@ -69,7 +75,8 @@ def attach(
     if mac:
         host.run("ip", "-n", ns(instance), "link", "set", "eth0", "address", mac)
     host.run("ip", "-n", ns(on), "link", "set", tap, "master", bridge, "mtu", str(mtu), "up")
-    host.run("ip", "-n", ns(instance), "addr", "add", f"{address}/24", "dev", "eth0")
+    if address:  # else it asks DHCP for one
+        host.run("ip", "-n", ns(instance), "addr", "add", f"{address}/24", "dev", "eth0")
     host.run("ip", "-n", ns(instance), "link", "set", "eth0", "mtu", str(mtu), "up")
 
 

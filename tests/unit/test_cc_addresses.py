@@ -10,8 +10,8 @@ import pytest
 
 from mallee.cc.addresses import (
     AddressesExhausted,
+    AddressPair,
     AddressStore,
-    PublicAddress,
     PublicMode,
     plan,
 )
@@ -78,7 +78,7 @@ def test_managed_pairs_keep_the_instances_mac_and_outlive_the_store(tmp_path: Pa
     pool = plan(PublicMode.MANAGED, INTERFACE, "198.51.100.10-198.51.100.11", [])
     store = AddressStore(tmp_path / "cc.db", pool)
     given = store.take([("i-1", "D0:0D:0A:00:00:02")])
-    assert given == {"i-1": PublicAddress("198.51.100.10", "d0:0d:0a:00:00:02")}
+    assert given == {"i-1": AddressPair("198.51.100.10", "d0:0d:0a:00:00:02")}
     assert store.take([("i-1", "d0:0d:0a:00:00:02")]) == given  # sent again: the same pair
     with pytest.raises(InvalidParameter, match="d0:0d:0a:00:00:02"):
         store.take([("i-2", "d0:0d:0a:00:00:02")])  # a MAC already served
@@ -103,8 +103,8 @@ def test_static_pairs_come_whole_from_the_table(tmp_path: Path) -> None:
     store = AddressStore(tmp_path / "cc.db", table)
     given = store.take([("i-1", "d0:0d:0a:00:00:02"), ("i-2", "d0:0d:0a:00:00:03")])
     assert given == {
-        "i-1": PublicAddress("198.51.100.10", "d0:0d:c6:33:64:0a"),
-        "i-2": PublicAddress("198.51.100.11", "d0:0d:c6:33:64:0b"),
+        "i-1": AddressPair("198.51.100.10", "d0:0d:c6:33:64:0a"),
+        "i-2": AddressPair("198.51.100.11", "d0:0d:c6:33:64:0b"),
     }
     with pytest.raises(AddressesExhausted, match="public_table has 0 free of 2"):
         store.take([("i-3", "d0:0d:0a:00:00:04")])

@@ -33,15 +33,48 @@ VXLAN_OVERHEAD = 50  # outer Ethernet, IPv4, UDP and VXLAN headers
 FLOOD = "00:00:00:00:00:00"  # the forwarding entry unknown and broadcast frames follow
 
 
+def overlay_problem(section: str, overlay: str, address: str) -> str:
+    """Why a daemon's overlay keys (``section``: its config section) cannot work on this
+    host ("" if they can)."""
+    if overlay == "":
+        return ""
+    if overlay != "vxlan":
+        return (
+            f'[{section}] overlay: {overlay!r} is not an overlay mallee runs yet; use "vxlan"'
+            ' (hosts that reach each other over UDP) or "" (none)'
+        )
+    if not address:
+        return (
+            f"[{section}] overlay = vxlan needs overlay_address, this host's address on the"
+            " underlay"
+        )
+    with IPRoute() as ipr:
+        local = {m.get("IFA_ADDRESS") for m in ipr.get_addr(family=socket.AF_INET)}
+    if address not in local:
+        return (
+            f"[{section}] overlay_address: {address} is not an address of this host (it has"
+            f" {', '.join(sorted(local))})"
+        )
+    return ""
+
+
 class VxlanOverlay:
-    def __init__(self, local: str, underlay_mtu: int = 1500, port: int = VXLAN_PORT) -> None:
+    """``prefix`` names the devices: a CC and an NC sharing a host each keep their own."""
+
+    def __init__(
+        self,
+        local: str,
+        underlay_mtu: int = 1500,
+        port: int = VXLAN_PORT,
+        prefix: str = "mlvx",
+    ) -> None:
         self.local = local
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
         self.port = port
+        self.prefix = prefix
 
-    @staticmethod
-    def device(vlan: int) -> str:
-        return f"mlvx{vlan}"
+    def device(self, vlan: int) -> str:
+        return f"{self.prefix}{vlan}"
 
     def join(self, vlan: int, bridge: str, peers: Collection[str]) -> None:
         """Make VLAN ``vlan``'s device a port of ``bridge`` (idempotent) flooding to

@@ -16,7 +16,7 @@ from pathlib import Path
 from pyroute2 import IPRoute, NetlinkError
 
 from mallee.common.errors import NetworkNotFound, NetworkSetupFailed
-from mallee.nc.overlay import VxlanOverlay
+from mallee.common.overlay import VxlanOverlay
 
 
 class Networks:
@@ -63,12 +63,16 @@ class Networks:
     def _described(self, vlan: int) -> dict[str, object]:
         return {"vlan": vlan, "bridge": self.bridge(vlan), "peers": self._peers.get(vlan, [])}
 
-    def started(self) -> list[dict[str, object]]:
-        return [
-            self._described(int(p.name[len(self.prefix) :]))
-            for p in sorted(Path("/sys/class/net").glob(f"{self.prefix}*"))
+    def vlans(self) -> list[int]:
+        """The VLANs whose bridges (of this prefix) are on this host."""
+        return sorted(
+            int(p.name[len(self.prefix) :])
+            for p in Path("/sys/class/net").glob(f"{self.prefix}*")
             if p.name[len(self.prefix) :].isdigit() and (p / "bridge").is_dir()
-        ]
+        )
+
+    def started(self) -> list[dict[str, object]]:
+        return [self._described(vlan) for vlan in self.vlans()]
 
 
 @contextmanager

@@ -1,0 +1,88 @@
+"""The CC's side of the private overlay: it joins every VLAN its nodes carry, as the
+VLAN's router and DHCP server (seed §2.2: a slice of the private subnet per VLAN, DHCP
+on each).
+
+Per VLAN the CC has a bridge (``mlcc<vlan>``) joined to the overlay like a node's
+(VXLAN ``mlcx<vlan>``, flooding to the nodes carrying the VLAN), the slice's router
+address on it (its first host address), and a dnsmasq serving exactly the private
+(MAC, address) pairs of the VLAN's instances, with the overlay's MTU (the underlay's
+less VXLAN's 50 bytes) in its answers, so that instances never send frames the overlay
+would have to fragment. A VLAN no node carries any more is taken down whole. An orderly
+CC stop ends the dnsmasqs; the bridges stay for the instances that run on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+from collections.abc import Collection
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from mallee.cc.addresses import AddressPair
+from mallee.cc.dhcp import DhcpServer, end_stale
+from mallee.common import slices
+from mallee.common.networks import Networks
+from mallee.common.overlay import VxlanOverlay
+
+logger = logging.getLogger(__name__)
+
+BRIDGE_PREFIX = "mlcc"
+VXLAN_PREFIX = "mlcx"
+
+
+class PrivateNetworks:
+    def __init__(self, directory: Path, address: str, subnet: str, slice_prefix: int) -> None:
+        self.directory = directory
+        self.overlay = VxlanOverlay(address, prefix=VXLAN_PREFIX)
+        self.networks = Networks(BRIDGE_PREFIX, self.overlay)
+        self.subnet = subnet
+        self.slice_prefix = slice_prefix
+        self._dhcp: dict[int, DhcpServer] = {}
+
+    def apply(self, wanted: dict[int, tuple[Collection[str], Collection[AddressPair]]]) -> None:
+        """Carry exactly the VLANs of ``wanted`` (VLAN → its nodes' underlay addresses,
+        its instances' pairs); VLANs started before and no longer wanted, by this CC or
+        by one before it, are taken down."""
+        for vlan, (peers, pairs) in sorted(wanted.items()):
+            self._carry(vlan, peers, pairs)
+        for vlan in sorted((set(self.networks.vlans()) | set(self._dhcp)) - set(wanted)):
+            self._drop(vlan)
+        for dhcp in self._dhcp.values():
+            dhcp.ensure_running()
+
+    def _carry(self, vlan: int, peers: Collection[str], pairs: Collection[AddressPair]) -> None:
+        piece = slices.slice_of(self.subnet, self.slice_prefix, vlan)
+        router = slices.router_of(piece)
+        bridge = str(self.networks.start(vlan, peers)["bridge"])
+        with IPRoute() as ipr:
+            [index] = ipr.link_lookup(ifname=bridge)
+            held = {m.get("IFA_ADDRESS") for m in ipr.get_addr(index=index, family=socket.AF_INET)}
+            if router not in held:
+                ipr.addr("add", index=index, address=router, prefixlen=self.slice_prefix)
+        dhcp = self._dhcp.get(vlan)
+        if dhcp is None:
+            dhcp = DhcpServer(
+                self.directory / str(vlan), bridge, piece, router, [], mtu=self.overlay.mtu
+            )
+            dhcp.start(pairs)
+            self._dhcp[vlan] = dhcp
+        else:
+            dhcp.serve(pairs)
+
+    def _drop(self, vlan: int) -> None:
+        dhcp = self._dhcp.pop(vlan, None)
+        if dhcp is not None:
+            dhcp.stop()
+        else:  # started by an earlier CC: end the dnsmasq it left, if any
+            end_stale(self.directory / str(vlan))
+        if self.networks.is_started(vlan):
+            self.networks.stop(vlan)
+        shutil.rmtree(self.directory / str(vlan), ignore_errors=True)
+        logger.info("VLAN %d: no node carries it any more; taken down", vlan)
+
+    def stop(self) -> None:
+        for dhcp in self._dhcp.values():
+            dhcp.stop()

@@ -1,0 +1,28 @@
+"""Each VLAN's slice of the cloud's private subnet (seed §2.2: a class-B subnet cut into
+per-VLAN slices, DHCP on each). The CLC, which hands out addresses in a slice, and the
+CC, which routes it and serves its DHCP, compute it the same way from the same two
+settings, as Eucalyptus' VNET_SUBNET and VNET_ADDRSPERNET did; so no slice is ever sent
+between them."""
+
+from __future__ import annotations
+
+import netaddr
+
+
+def slice_of(subnet: str, prefix: int, vlan: int) -> netaddr.IPNetwork:
+    """VLAN ``vlan``'s slice: the ``vlan``-th /``prefix`` of ``subnet`` (slice 0 is
+    left out, so that no VLAN's slice starts at the subnet's own address)."""
+    network = netaddr.IPNetwork(subnet)
+    count = 2 ** (prefix - network.prefixlen)
+    if not 0 < vlan < count:
+        raise ValueError(
+            f"VLAN {vlan} has no slice: {network} cut into /{prefix} has slices 1 to {count - 1}"
+        )
+    return netaddr.IPNetwork(
+        f"{netaddr.IPAddress(network.first + vlan * 2 ** (32 - prefix))}/{prefix}"
+    )
+
+
+def router_of(piece: netaddr.IPNetwork) -> str:
+    """The slice's router (its CC): its first host address, as EC2 reserves .1."""
+    return str(piece[1])
