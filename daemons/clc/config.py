@@ -62,6 +62,11 @@ class ClcConfig(DaemonConfig):
     # The instances' private addresses, one per instance while it lives; its NIC's MAC
     # is d0:0d: and the address's four bytes (Eucalyptus' way), so DHCP can tell it.
     private_subnet: str = "172.31.0.0/16"
+    # 0: no private overlay (each instance has one NIC, on its zone's public network,
+    # with its private address). N: each security group's instances get a VLAN of the
+    # overlay, and addresses of that VLAN's /N slice of private_subnet, on a NIC of
+    # their own; the zones' CCs are set the same ([cc] private_slice_prefix).
+    private_slice_prefix: int = 0
     # The site's public addresses users may allocate (AllocateAddress), as CIDRs or
     # FIRST-LAST ranges; none by default.
     public_addresses: list[str] = field(default_factory=list)

@@ -94,6 +94,19 @@ class SecurityGroup(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
+class GroupVlan(Base):
+    """The VLAN of a security group's instances on the private overlay (seed §2.2: each
+    user's instance set, per group, on a VLAN of its own), from its first instance until
+    the group is deleted. VLAN N's addresses are the Nth slice of the private subnet."""
+
+    __tablename__ = "group_vlans"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.group_id", ondelete="CASCADE"), primary_key=True
+    )
+    vlan: Mapped[int] = mapped_column(unique=True)
+
+
 class SecurityGroupRule(Base):
     """One allowed flow: ``protocol`` ("tcp", "udp", "icmp" or "-1" for all) over a
     port range (ICMP: type and code; -1 for any), from (ingress) or to (egress) either
@@ -204,6 +217,7 @@ class Instance(Base):
     node: Mapped[str] = mapped_column(String(64), default="")
     missing_polls: Mapped[int] = mapped_column(default=0)
     private_ip: Mapped[str] = mapped_column(String(45), default="")
+    vlan: Mapped[int | None] = mapped_column()  # of its private NIC; none: it has none
     public_ip: Mapped[str] = mapped_column(String(45), default="")  # an elastic address
     # the public address the zone's DHCP leases it (public_mode managed or static)
     leased_ip: Mapped[str] = mapped_column(String(45), default="")

@@ -22,13 +22,15 @@ from sqlalchemy.orm import Session
 
 from mallee.clc import images, securitygroups, sla
 from mallee.clc.config import ClcConfig
-from mallee.clc.db import Instance, KeyPair, PrivateAddress, Reservation, flush_or
+from mallee.clc.db import GroupVlan, Instance, KeyPair, PrivateAddress, Reservation, flush_or
 from mallee.clc.users import Caller
 from mallee.clc.wire import Ec2Error
+from mallee.common import slices
 from mallee.common.capacity import VmType
 
 MAX_USER_DATA = 16384  # bytes, decoded (EC2's limit)
 MAX_COUNT = 1000  # instances per request: what a CC takes at once
+MAX_VLAN = 4094  # 802.1Q's last
 STATE_CODES = {
     "pending": 0,
     "running": 16,
@@ -72,8 +74,46 @@ def _user_data(text: str | None) -> str | None:
 
 
 def mac_of(address: str) -> str:
-    """The MAC of an instance's NIC: d0:0d: and its address's four bytes."""
+    """The MAC of the NIC with an instance's private address: d0:0d: and its four
+    bytes (Eucalyptus' way), so DHCP can tell it."""
     return "d0:0d:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
+
+
+def public_mac_of(address: str) -> str:
+    """The MAC of the public NIC of the instance at private ``address``, when it has a
+    private NIC too: d0:0e: and the private address's four bytes."""
+    return "d0:0e:" + mac_of(address).removeprefix("d0:0d:")
+
+
+def subnet_of(config: ClcConfig, vlan: int | None) -> str:
+    """The subnet of an instance's private address: its VLAN's slice, or the whole
+    private subnet when the cloud has no overlay."""
+    if vlan is None:
+        return config.private_subnet
+    return str(slices.slice_of(config.private_subnet, config.private_slice_prefix, vlan))
+
+
+def _vlan(db: Session, config: ClcConfig, group_id: str) -> int | None:
+    """The VLAN of the group's instances (the lowest free, at its first); None without
+    an overlay."""
+    if not config.private_slice_prefix:
+        return None
+    held = db.get(GroupVlan, group_id)
+    if held is not None:
+        return held.vlan
+    count = slices.count(config.private_subnet, config.private_slice_prefix)
+    taken = set(db.scalars(select(GroupVlan.vlan)))
+    free = next((v for v in range(1, min(count, MAX_VLAN + 1)) if v not in taken), None)
+    if free is None:
+        raise Ec2Error(
+            "SubnetLimitExceeded",
+            f"Every VLAN of the private overlay is taken: private_subnet {config.private_subnet}"
+            f" cut into /{config.private_slice_prefix} slices has {min(count - 1, MAX_VLAN)},"
+            " one per security group that has instances",
+        )
+    db.add(GroupVlan(group_id=group_id, vlan=free))
+    flush_or(db, Ec2Error("RequestLimitExceeded", "A VLAN was taken meanwhile", 503))
+    return free
 
 
 def dns_name(address: str, region: str) -> str:
@@ -203,7 +243,8 @@ def run(
     flush_or(  # the same token in a concurrent request: the client's retry finds it
         db, Ec2Error("RequestLimitExceeded", f"The client token '{token}' is in use now", 503)
     )
-    addresses = _allocate(db, config.private_subnet, len(placed.zones))
+    vlan = _vlan(db, config, group_ids[0])
+    addresses = _allocate(db, subnet_of(config, vlan), len(placed.zones))
     launched = datetime.now(UTC)
     lease_ends = launched + timedelta(hours=placed.lease_hours) if placed.lease_hours else None
     records = [
@@ -227,6 +268,7 @@ def run(
             node="",
             missing_polls=0,
             private_ip=address,
+            vlan=vlan,
             public_ip="",
             launch_time=launched,
             lease_ends_at=lease_ends,

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mallee.clc import instances, securitygroups
+from mallee.clc.config import ClcConfig
 from mallee.clc.db import Instance, PrivateAddress
 
 # EC2's metadata versions (GET / lists them); each serves the same tree here.
@@ -197,7 +198,7 @@ def _listing(node: Tree) -> str:
     return "\n".join(f"{k}/" if isinstance(v, dict) else k for k, v in node.items())
 
 
-def answer(db: Session, address: str, path: str, region: str, subnet: str) -> Answer:
+def answer(db: Session, address: str, path: str, config: ClcConfig) -> Answer:
     """The answer to ``GET /<path>`` from the instance at ``address``."""
     parts = [p for p in path.split("/") if p]
     if not parts:
@@ -207,7 +208,8 @@ def answer(db: Session, address: str, path: str, region: str, subnet: str) -> An
     instance = instance_at(db, address)
     if instance is None:
         return Answer(404, f"No instance of this cloud has the address {address}\n".encode())
-    node: str | bytes | Tree = _tree(db, instance, region, subnet)
+    subnet = instances.subnet_of(config, instance.vlan)
+    node: str | bytes | Tree = _tree(db, instance, config.region, subnet)
     for part in parts[1:]:
         if not isinstance(node, dict) or part not in node:
             return _not_found(path)

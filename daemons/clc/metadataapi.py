@@ -42,5 +42,5 @@ def serve(path: str) -> flask.Response:
     frontend: Ec2Frontend = flask.current_app.extensions["mallee.clc"]
     with frontend.sessions.read.begin() as db:
         config = frontend.cloud.config
-        found = metadata.answer(db, address, path, config.region, config.private_subnet)
+        found = metadata.answer(db, address, path, config)
     return flask.Response(found.body, found.status, mimetype=found.content_type)

@@ -231,15 +231,7 @@ class VmControl:
                     },
                 )
                 request["instances"].append(
-                    {
-                        "instance_id": instance.instance_id,
-                        "net": {
-                            # the NIC the cluster's DHCP gives the private address, by MAC
-                            "public_mac": instances.mac_of(instance.private_ip),
-                            "public_ip": instance.private_ip,
-                            "security_groups": instance.group_ids,
-                        },
-                    }
+                    {"instance_id": instance.instance_id, "net": _nics(instance)}
                 )
         return list(requests.items())
 
@@ -576,3 +568,23 @@ def _slots(taken: VmType, of: VmType) -> int:
             )
         ),
     )
+
+
+def _nics(instance: Instance) -> dict[str, Any]:
+    """An instance's NICs as its CC is to give them. With a VLAN: a private NIC on it,
+    with its private address (the VLAN's DHCP at the CC gives it, by MAC), and a public
+    one whose address its zone gives. Without: one NIC, on the zone's public network,
+    whose DHCP gives it the private address by its MAC."""
+    if instance.vlan is None:
+        return {
+            "public_mac": instances.mac_of(instance.private_ip),
+            "public_ip": instance.private_ip,
+            "security_groups": instance.group_ids,
+        }
+    return {
+        "public_mac": instances.public_mac_of(instance.private_ip),
+        "private_mac": instances.mac_of(instance.private_ip),
+        "private_ip": instance.private_ip,
+        "vlan": instance.vlan,
+        "security_groups": instance.group_ids,
+    }

@@ -9,14 +9,22 @@ from __future__ import annotations
 import netaddr
 
 
+def count(subnet: str, prefix: int) -> int:
+    """How many /``prefix`` slices ``subnet`` has (slice 0 among them, unused)."""
+    network = netaddr.IPNetwork(subnet)
+    if prefix < network.prefixlen or prefix > 30:
+        raise ValueError(f"/{prefix} slices of {network}: a slice must be within it, /30 at most")
+    return int(2 ** (prefix - network.prefixlen))
+
+
 def slice_of(subnet: str, prefix: int, vlan: int) -> netaddr.IPNetwork:
     """VLAN ``vlan``'s slice: the ``vlan``-th /``prefix`` of ``subnet`` (slice 0 is
     left out, so that no VLAN's slice starts at the subnet's own address)."""
     network = netaddr.IPNetwork(subnet)
-    count = 2 ** (prefix - network.prefixlen)
-    if not 0 < vlan < count:
+    slices = count(subnet, prefix)
+    if not 0 < vlan < slices:
         raise ValueError(
-            f"VLAN {vlan} has no slice: {network} cut into /{prefix} has slices 1 to {count - 1}"
+            f"VLAN {vlan} has no slice: {network} cut into /{prefix} has slices 1 to {slices - 1}"
         )
     return netaddr.IPNetwork(
         f"{netaddr.IPAddress(network.first + vlan * 2 ** (32 - prefix))}/{prefix}"

@@ -33,6 +33,7 @@ class StandInCc(CcClient):
         self.states: dict[str, str] = {}
         self.groups: dict[str, SecurityGroup] = {}
         self.elastic: dict[str, str] = {}
+        self.nets: dict[str, dict[str, Any]] = {}  # each instance's NICs, as sent
         self.routes_public_traffic = True  # false: as a CC in public_mode system
 
     def describe_resources(self, vm_types: list[VmType]) -> list[TypeRoom]:
@@ -41,6 +42,7 @@ class StandInCc(CcClient):
     def run_instances(self, request: dict[str, Any]) -> list[ClusterInstance]:
         for item in request["instances"]:
             self.states[item["instance_id"]] = "running"
+            self.nets[item["instance_id"]] = item["net"]
         return self.describe_instances()
 
     def describe_instances(self) -> list[ClusterInstance]:
@@ -98,13 +100,25 @@ def public_image(ok: Ask, admin: users.Credentials, location: str) -> str:
     return emi
 
 
+Cloud = tuple[Ec2Frontend, users.Credentials, users.Credentials, str]
+
+
 @pytest.fixture
-def cloud(tmp_path: Path) -> tuple[Ec2Frontend, users.Credentials, users.Credentials, str]:
+def cloud(tmp_path: Path) -> Cloud:
+    return make_cloud(tmp_path)
+
+
+def make_cloud(tmp_path: Path, **settings: Any) -> Cloud:
+    """A CLC (no daemon) with a zone whose CC is a StandInCc; alice, root (an admin),
+    and a disk root may register (its location)."""
     url = f"sqlite:///{tmp_path / 'clc.db'}"
     db.migrate(url)
     sessions = db.sessions_for(url)
     config = ClcConfig(
-        image_dir=str(tmp_path / "images"), instance_quota=0, public_addresses=["192.0.2.8/30"]
+        image_dir=str(tmp_path / "images"),
+        instance_quota=0,
+        public_addresses=["192.0.2.8/30"],
+        **settings,
     )
     cc = StandInCc()
     cloud = build_cloud(config, sessions, lambda _url: cc, "https://clc", Metrics("test"))
@@ -452,3 +466,43 @@ def test_the_cluster_translates_the_elastic_addresses_of_its_live_instances(
         return not cc.elastic
 
     wait_until(left, 10, "the address to leave the cluster")
+
+
+def test_each_groups_instances_get_a_vlan_and_addresses_of_its_slice(tmp_path: Path) -> None:
+    """With an overlay, a group's first instance takes the lowest free VLAN, and every
+    instance of the group an address of that VLAN's slice, on a private NIC of its own;
+    when no VLAN is left, RunInstances says so and records nothing."""
+    frontend, alice, root, location = make_cloud(
+        tmp_path, private_subnet="10.200.0.0/22", private_slice_prefix=24
+    )  # slices 1 to 3: 10.200.1.0/24 to 10.200.3.0/24
+    cc = frontend.cloud.vmcontrol.cc_client("https://cc.invalid")
+    assert isinstance(cc, StandInCc)
+    ok = asking(frontend, alice)
+    emi = public_image(ok, root, location)
+    for name in ("web", "db", "app"):
+        ok("CreateSecurityGroup", GroupName=name, Description=name)
+
+    def run(group: str, count: int = 1) -> list[str]:
+        ran = ok("RunInstances", ImageId=emi, MinCount=count, MaxCount=count,
+                 SecurityGroups=[group])  # fmt: skip
+        return [i["PrivateIpAddress"] for i in ran["Instances"]]
+
+    assert run("web", 2) == ["10.200.1.2", "10.200.1.3"]  # .1: the VLAN's router
+    assert run("db") == ["10.200.2.2"]
+    assert run("web") == ["10.200.1.4"]
+    assert run("default") == ["10.200.3.2"]
+    status, refused = call(frontend, alice, "RunInstances", ImageId=emi, MinCount=1,
+                           MaxCount=1, SecurityGroups=["app"])  # fmt: skip
+    assert (status, refused["Error"]["Code"]) == (400, "SubnetLimitExceeded")
+    assert "10.200.0.0/22 cut into /24 slices has 3" in refused["Error"]["Message"]
+    assert len(ok("DescribeInstances")["Reservations"]) == 4  # the refused one: none
+
+    wait_until(lambda: len(cc.nets) == 5, 10, "the instances to be sent")
+    by_address = {n["private_ip"]: n for n in cc.nets.values()}
+    assert by_address["10.200.2.2"] == {
+        "public_mac": "d0:0e:0a:c8:02:02",
+        "private_mac": "d0:0d:0a:c8:02:02",
+        "private_ip": "10.200.2.2",
+        "vlan": 2,
+        "security_groups": [by_address["10.200.2.2"]["security_groups"][0]],
+    }
