@@ -74,8 +74,14 @@ def _rule(group_id: str, direction: str, flow: Flow) -> SecurityGroupRule:
 
 
 def default_group(db: Session, owner: str) -> SecurityGroup:
+    """The user's default group; made, as EC2 makes it, letting in all that its own
+    members send (and out, as every new group, everything)."""
     query = select(SecurityGroup).where(SecurityGroup.owner == owner, SecurityGroup.name == DEFAULT)
-    return db.scalars(query).first() or _make(db, owner, DEFAULT, "default group")
+    found = db.scalars(query).first()
+    if found is None:
+        found = _make(db, owner, DEFAULT, "default group")
+        db.add(_rule(found.group_id, INGRESS, Flow(ALL, -1, -1, peer_group_id=found.group_id)))
+    return found
 
 
 def create(db: Session, caller: Caller, name: str, description: str) -> SecurityGroup:

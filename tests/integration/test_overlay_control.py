@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mallee.clc.instances import mac_of
 from mallee.nc.service import tap_name
 from tests.support.cluster import SMALL, blank_image, fake_node, iid, register
-from tests.support.daemons import CcDaemon, NcDaemon
+from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon
 from tests.support.guest import wait_until
 from tests.support.hosts import attach, namespaces, ns, pings, run_in, underlay, vxlan_device
+from tests.support.network import counting
 
 # instance number → (its guest namespace, the worker it lands on, its VLAN)
 GUESTS = {1: ("g1", "w1", 10), 2: ("g2", "w2", 10), 3: ("g3", "w1", 20)}
@@ -172,3 +175,75 @@ def test_the_cc_joins_each_vlan_across_the_workers_that_carry_it(
 
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_a_users_instances_reach_each_other_across_workers_and_no_one_elses(
+    workers: dict[str, str],
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    clc_factory: Callable[..., ClcDaemon],
+    tmp_path: Path,
+) -> None:
+    """The whole chain: the CLC gives each user's group a VLAN and addresses of its
+    slice, the CC starts the VLANs where the instances land and serves their DHCP; two
+    of alice's instances on different workers reach each other, and bob's, on the same
+    worker as one of them, neither reaches it nor sees a packet of theirs."""
+    overlay: dict[str, dict[str, Any]] = {
+        w: {"netns": ns(w), "address": a, "overlay": "vxlan", "overlay_address": a}
+        for w, a in workers.items()
+    }
+    # public NICs on QEMU's user network: this test is about the private ones
+    nodes = [fake_node(nc_factory, 2, public_bridge="user", **overlay[w]) for w in ("w1", "w2")]
+    ncs = {node.name: w for node, w in zip(nodes, ("w1", "w2"), strict=True)}  # node → worker
+    settings = {"private_subnet": SUBNET}
+    cc = cc_factory(
+        scheduler="round-robin", overlay="vxlan", overlay_address=TEST_BED_HERE, **settings
+    )
+    register(cc, *nodes)
+    clc = clc_factory(address=TEST_BED_HERE, private_slice_prefix=24, instance_quota=0, **settings)
+    clc.admin("cluster", "add", "zone-a", cc.url)
+    disk = tmp_path / "blank.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    emi = clc.add_disk("blank", disk)
+    alice, bob = clc.ec2("alice"), clc.ec2("bob")
+    launched = []
+    for ec2 in (alice, alice, bob):  # round-robin: w1, w2, w1
+        [ran] = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
+        ec2.get_waiter("instance_running").wait(
+            InstanceIds=[ran["InstanceId"]], WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+        )
+        [instance] = ec2.describe_instances(InstanceIds=[ran["InstanceId"]])["Reservations"][0][
+            "Instances"
+        ]
+        launched.append(instance)
+    a1, a2, b1 = launched
+    assert a1["PrivateIpAddress"].split(".")[2] == a2["PrivateIpAddress"].split(".")[2]  # VLAN
+    assert b1["PrivateIpAddress"].split(".")[2] != a1["PrivateIpAddress"].split(".")[2]
+
+    for guest, instance in zip(("g1", "g2", "g3"), launched, strict=True):
+        vlan = int(instance["PrivateIpAddress"].split(".")[2])  # slice N: VLAN N
+        worker = ncs[_node_of(cc, instance["InstanceId"])]
+        attach(
+            guest,
+            worker,
+            f"mlvlan{vlan}",
+            "",
+            tap=tap_name(instance["InstanceId"], "private"),
+            mac=mac_of(instance["PrivateIpAddress"]),
+        )
+        address = dhcp_client(guest, tmp_path).split("/")[0]
+        assert address == instance["PrivateIpAddress"]  # the CC's DHCP, the CLC's address
+    assert ncs[_node_of(cc, a1["InstanceId"])] == ncs[_node_of(cc, b1["InstanceId"])]
+
+    with counting(ns("g3"), {"alice": f"ether saddr {mac_of(a1['PrivateIpAddress'])}"}) as seen:
+        assert pings("g1", a2["PrivateIpAddress"], count=3)  # alice's, across the workers
+        run_in("g3", "ip", "route", "add", f"{a1['PrivateIpAddress']}/32", "dev", "eth0")
+        assert not pings("g3", a1["PrivateIpAddress"])  # bob's, beside alice's
+        assert seen("alice") == 0  # not one of alice's frames reached bob's instance
+
+
+def _node_of(cc: CcDaemon, instance_id: str) -> str:
+    [view] = cc.client.call("GET", "/v1/instances", params={"instance_id": instance_id})[
+        "instances"
+    ]
+    return str(view["node"])

@@ -141,8 +141,10 @@ class Pki:
     foreign: ClientTLS  # a "cc" certificate from another CA
 
 
-# The addresses of the test bed's hosts (tests/support/hosts.py), on its underlay.
+# The addresses of the test bed's hosts (tests/support/hosts.py) on its underlay, and
+# the test's own there (where a CLC serves them).
 TEST_BED_HOSTS = [f"10.99.0.{n}" for n in range(2, 10)]
+TEST_BED_HERE = "10.99.0.1"
 
 
 def make_pki(d: Path) -> Pki:
@@ -425,7 +427,8 @@ class ClcDaemon(Daemon):
     component = "clc"
 
     def __init__(self, workdir: Path, pki: Pki, **settings: Any) -> None:
-        server = tls.issue(pki.ca.parent, workdir, "clc-test", "clc", ["localhost", "127.0.0.1"])
+        names = ["localhost", "127.0.0.1", TEST_BED_HERE]
+        server = tls.issue(pki.ca.parent, workdir, "clc-test", "clc", names)
         clc = {
             "database_url": f"sqlite:///{workdir / 'clc.db'}",
             "image_dir": str(workdir / "images"),
