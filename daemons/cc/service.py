@@ -31,6 +31,7 @@ from mallee.cc.privatenet import PrivateNetworks
 from mallee.cc.publicnet import NoPublicNetwork, PublicNetwork
 from mallee.cc.registry import NodeRegistry
 from mallee.cc.vlans import OverlayControl
+from mallee.common import slices
 from mallee.common.capacity import VmType
 from mallee.common.config import ConfigError
 from mallee.common.errors import (
@@ -809,6 +810,10 @@ def _private_networks(config: CcConfig) -> PrivateNetworks | None:
         raise ConfigError(
             "[cc] overlay needs private_subnet, the CLC's: the CC routes each VLAN's slice of it"
         )
+    try:
+        slices.check("cc", config.private_subnet, config.private_slice_prefix)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     state = Path(config.state_dir) / "vlans"
     return PrivateNetworks(
         state, config.overlay_address, config.private_subnet, config.private_slice_prefix

@@ -26,7 +26,7 @@ from mallee.clc.actions import Cloud
 from mallee.clc.config import ClcConfig
 from mallee.clc.frontend import Ec2Frontend
 from mallee.clc.vmcontrol import VmControl
-from mallee.common import config, log, rpc, server
+from mallee.common import config, log, rpc, server, slices
 from mallee.common.config import CommonConfig
 from mallee.common.metrics import Metrics
 from mallee.common.periodic import Periodic
@@ -59,6 +59,8 @@ def build_cloud(
     """What the EC2 actions work with; VmControl's poll is not started here."""
     catalog = clc_config.catalog()
     addresses.check_pool(clc_config.public_addresses)
+    if clc_config.private_slice_prefix:
+        slices.check("clc", clc_config.private_subnet, clc_config.private_slice_prefix)
     vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url, metrics)
     return Cloud(
         clc_config,

@@ -31,6 +31,20 @@ def slice_of(subnet: str, prefix: int, vlan: int) -> netaddr.IPNetwork:
     )
 
 
+def check(section: str, subnet: str, prefix: int) -> None:
+    """ValueError naming the ``[section]`` keys if ``subnet`` cannot be cut into
+    /``prefix`` slices with room for a router and an instance each."""
+    try:
+        slices = count(subnet, prefix)
+    except (ValueError, netaddr.AddrFormatError) as e:
+        raise ValueError(f"[{section}] private_subnet, private_slice_prefix: {e}") from None
+    if slices < 2:
+        raise ValueError(
+            f"[{section}] private_slice_prefix: /{prefix} cuts {subnet} into one slice, and"
+            " slice 0 is not used; a VLAN needs slice 1 at least"
+        )
+
+
 def router_of(piece: netaddr.IPNetwork) -> str:
     """The slice's router (its CC): its first host address, as EC2 reserves .1."""
     return str(piece[1])
