@@ -190,7 +190,7 @@ class AddressStore:
                 for (instance_id, mac), pair in zip(fresh, free, strict=False)
             }
             with self._db:
-                self._db.execute("BEGIN")
+                self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no SQLITE_BUSY midway
                 self._db.executemany(
                     "INSERT INTO public_addresses VALUES (?, ?, ?)",
                     [(p.address, p.mac, i) for i, p in given.items()],
@@ -203,7 +203,7 @@ class AddressStore:
         if not ids:
             return []
         with self._lock, self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no SQLITE_BUSY midway
             marks = ",".join("?" * len(ids))
             rows = self._db.execute(
                 f"SELECT address, mac FROM public_addresses WHERE instance_id IN ({marks})", ids
@@ -221,7 +221,7 @@ class AddressStore:
         """Associate ``public_ip`` with ``instance_id``, and with nothing else: an address
         moved, or an instance given another, holds only the new association."""
         with self._lock, self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock first: no SQLITE_BUSY midway
             self._db.execute(
                 "DELETE FROM elastic_addresses WHERE public_ip = ? OR instance_id = ?",
                 (public_ip, instance_id),

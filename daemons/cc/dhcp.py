@@ -99,6 +99,7 @@ class DhcpServer:
         self.pid_file = directory / PID_FILE
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._wanted = False  # started and not stopped: to be started again if it dies
         self._served: set[AddressPair] = set()
 
     def _command(self) -> list[str]:
@@ -135,6 +136,7 @@ class DhcpServer:
         with self._lock:
             end_stale(self.directory)
             self._write_hosts(set(pairs))
+            self._wanted = True
             self._spawn()
 
     def _write_hosts(self, pairs: set[AddressPair]) -> None:
@@ -184,30 +186,29 @@ class DhcpServer:
                     logger.debug("dhcp_release %s: %s", pair.address, e)
 
     def ensure_running(self) -> None:
-        """Start dnsmasq again if it died, and say why it did."""
+        """Start dnsmasq again if it died (or would not start last time), and say why."""
         with self._lock:
             process = self._process
-            if process is None or process.poll() is None:
+            if not self._wanted or (process is not None and process.poll() is None):
                 return
-            error = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
-            logger.error(
-                "dnsmasq exited with %s%s; starting it again",
-                process.returncode,
-                f": {error}" if error else "",
-            )
-            self._process = None
-            self._spawn()
-
-    def leases(self) -> dict[str, str]:
-        """MAC → address, as dnsmasq's lease file says now."""
-        try:
-            lines = self.lease_file.read_text().splitlines()
-        except FileNotFoundError:
-            return {}
-        return {f[1].lower(): f[2] for f in (line.split() for line in lines) if len(f) >= 3}
+            if process is not None:
+                stderr = process.stderr.read() if process.stderr else b""
+                error = stderr.decode(errors="replace").strip()
+                logger.error(
+                    "dnsmasq on %s exited with %s%s; starting it again",
+                    self.interface,
+                    process.returncode,
+                    f": {error}" if error else "",
+                )
+                self._process = None
+            try:
+                self._spawn()
+            except DhcpFailed as e:
+                logger.error("%s; trying again at the next poll", e.message)
 
     def stop(self) -> None:
         with self._lock:
+            self._wanted = False
             if self._process is None:
                 return
             self._process.terminate()

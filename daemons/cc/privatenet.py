@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-from collections.abc import Collection
+import threading
+from collections.abc import Callable, Collection
+from functools import partial
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -41,22 +43,36 @@ class PrivateNetworks:
         self.subnet = subnet
         self.slice_prefix = slice_prefix
         self._dhcp: dict[int, DhcpServer] = {}
+        self._lock = threading.Lock()  # one apply at a time
 
     def apply(self, wanted: dict[int, tuple[Collection[str], Collection[AddressPair]]]) -> None:
         """Carry exactly the VLANs of ``wanted`` (VLAN → its nodes' underlay addresses,
         its instances' pairs); VLANs started before and no longer wanted, by this CC or
         by one before it, are taken down."""
-        for vlan, (peers, pairs) in sorted(wanted.items()):
-            self._carry(vlan, peers, pairs)
-        for vlan in sorted((set(self.networks.vlans()) | set(self._dhcp)) - set(wanted)):
-            self._drop(vlan)
-        for dhcp in self._dhcp.values():
-            dhcp.ensure_running()
+        with self._lock:
+            for vlan, (peers, pairs) in sorted(wanted.items()):
+                self._each(vlan, "carried", partial(self._carry, vlan, peers, pairs))
+            for vlan in sorted((set(self.networks.vlans()) | set(self._dhcp)) - set(wanted)):
+                self._each(vlan, "taken down", partial(self._drop, vlan))
+            for dhcp in self._dhcp.values():
+                dhcp.ensure_running()
+
+    @staticmethod
+    def _each(vlan: int, what: str, change: Callable[[], None]) -> None:
+        """One VLAN's change; its failure is logged and tried again at the next apply,
+        and holds up no other VLAN."""
+        try:
+            change()
+        except Exception:
+            logger.exception("VLAN %d not %s here; trying again at the next poll", vlan, what)
 
     def _carry(self, vlan: int, peers: Collection[str], pairs: Collection[AddressPair]) -> None:
         piece = slices.slice_of(self.subnet, self.slice_prefix, vlan)
         router = slices.router_of(piece)
         bridge = str(self.networks.start(vlan, peers)["bridge"])
+        # The CC routes no VLAN to any other: one VLAN is one user's isolated segment
+        # (a head node forwarding for other reasons must not forward these).
+        Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").write_text("0")
         with IPRoute() as ipr:
             [index] = ipr.link_lookup(ifname=bridge)
             held = {m.get("IFA_ADDRESS") for m in ipr.get_addr(index=index, family=socket.AF_INET)}

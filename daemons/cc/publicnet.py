@@ -5,6 +5,7 @@ SYSTEM mode has none of them: the site's DHCP and router serve the public NICs."
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from mallee.cc.config import CcConfig
 from mallee.cc.dhcp import DhcpServer, interface_address
 from mallee.cc.router import Router, metadata_target
 from mallee.common.config import ConfigError
-from mallee.common.errors import InvalidParameter, MalleeError, NotFound
+from mallee.common.errors import HostCommandFailed, InvalidParameter, MalleeError, NotFound
 
 
 class ElasticAddressNotFound(NotFound):
@@ -76,9 +77,13 @@ class PublicNetwork:
         router = Router(config.public_interface, metadata)
         router.check()
         network = cls(store, dhcp, router)
-        with network._lock:
-            network._translate()
-        dhcp.start(store.held().values())
+        try:
+            with network._lock:
+                network._translate()
+            dhcp.start(store.held().values())
+        except Exception:
+            network.stop()  # nothing half-started: no table without its dnsmasq
+            raise
         return network
 
     def address_of(self, instance_id: str) -> str:
@@ -95,14 +100,19 @@ class PublicNetwork:
             self._translate()
         return given
 
-    def keep_only(self, live: Collection[str]) -> None:
-        """Give back the pairs of instances not in ``live`` (they ended, or never ran),
-        ending their leases; and start dnsmasq again should it have died."""
+    def holders(self) -> set[str]:
+        """The instances holding pairs now."""
+        return set(self._held)
+
+    def give_back(self, ended: Collection[str]) -> None:
+        """Give back the pairs of these instances (they ended, or never ran), ending
+        their leases; and start dnsmasq again should it have died."""
         with self._lock:
-            self.store.release(set(self._held) - set(live))
-            self._held = self.store.held()
-            self.dhcp.serve(self._held.values())
-            self._translate()
+            if ended:
+                self.store.release(ended)
+                self._held = self.store.held()
+                self.dhcp.serve(self._held.values())
+                self._translate()
         self.dhcp.ensure_running()
 
     def elastic(self) -> dict[str, str]:
@@ -144,4 +154,5 @@ class PublicNetwork:
 
     def stop(self) -> None:
         self.dhcp.stop()
-        self.router.stop()
+        with contextlib.suppress(HostCommandFailed):  # no table: none was made
+            self.router.stop()

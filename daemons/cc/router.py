@@ -76,6 +76,8 @@ class Router:
             return {"add": {"rule": {**table, "chain": chain, "expr": list(expr)}}}
 
         elsewhere = match(meta("iifname"), self.interface, "!=")
+        # the metadata service must see the instance's own address, elastic or not
+        not_metadata = match({"ct": {"key": "ip daddr", "dir": "original"}}, METADATA_IP, "!=")
         for public_ip, address in sorted(elastic.items()):
             rules.append(
                 rule("prerouting", elsewhere, match(field("ip", "daddr"), public_ip),
@@ -83,7 +85,8 @@ class Router:
             )  # fmt: skip
             rules.append(
                 rule("postrouting", match(meta("oifname"), self.interface, "!="),
-                     match(field("ip", "saddr"), address), {"snat": {"addr": public_ip}})
+                     match(field("ip", "saddr"), address), not_metadata,
+                     {"snat": {"addr": public_ip}})
             )  # fmt: skip
         if self.metadata is not None:
             address, port = self.metadata

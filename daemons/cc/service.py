@@ -28,7 +28,7 @@ from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
 from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
 from mallee.cc.privatenet import PrivateNetworks
-from mallee.cc.publicnet import NoPublicNetwork, PublicNetwork
+from mallee.cc.publicnet import ElasticAddressNotFound, NoPublicNetwork, PublicNetwork
 from mallee.cc.registry import NodeRegistry
 from mallee.cc.vlans import OverlayControl
 from mallee.common import slices
@@ -99,16 +99,17 @@ class ClusterController:
         self._tls = tls_files
         self._make_client = make_client
         self._started = time.monotonic()
+        # Every setting is checked before anything starts (a dnsmasq, a table).
+        self.policy = scheduler.policy(config.scheduler)
+        self.private = _private_networks(config)  # None without an overlay
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
         self.groups = GroupStore(Path(config.state_dir) / "cc.db")
         self.public = PublicNetwork.from_config(config)  # None in SYSTEM mode
         self.overlay = OverlayControl(lambda node: self._node_clients(node).call)
-        self.private = _private_networks(config)  # None without an overlay
         self._vlans_lock = threading.Lock()
         # Changes of the groups and the bringing of nodes in step, one at a time: a node
         # is never left with an older version than the store's.
         self._groups_lock = threading.Lock()
-        self.policy = scheduler.policy(config.scheduler)
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeState] = {}
         self._clients: dict[str, NodeClients] = {}
@@ -204,11 +205,13 @@ class ClusterController:
         wait([self._poll_pool.submit(self._poll_node, name) for name in names])
         self._carry_vlans()
         if self.public is not None:
-            with self._lock:  # an instance is reserved, or its node reports it
+            # Pairs are taken under this lock too: one taken after this snapshot is not
+            # in ``held``, so it is never given back for want of a report.
+            with self._lock:
                 views = self._views().items()
                 live = {i for i, v in views if v["state"]["name"] != "terminated"}
-                live |= set(self._reservations)
-            self.public.keep_only(live)
+                ended = self.public.holders() - live - set(self._reservations)
+            self.public.give_back(ended)
         elapsed = time.monotonic() - started
         self.metrics.observe("cc_poll_cycle", elapsed)
         return elapsed
@@ -265,12 +268,15 @@ class ClusterController:
         """A node whose NC answers that its libvirt does not is degraded: it keeps its
         last report, shown as not reachable. One that does not answer is unreachable,
         then down."""
+        self._poll_failed_state(state, error, started)
+        self.overlay.forget(state.node.name)  # its networks too: it may have restarted
+
+    def _poll_failed_state(self, state: NodeState, error: MalleeError, started: float) -> None:
         with self._lock:
             if self._nodes.get(state.node.name) is not state or started < state.poll_started:
                 return
             state.poll_started = started
             state.groups_in_step = False  # it may have missed a change meanwhile
-            self.overlay.forget(state.node.name)  # and its networks: it may have restarted
             now = time.monotonic()
             if error.code == HypervisorUnavailable.code:
                 health = Health.DEGRADED
@@ -521,7 +527,7 @@ class ClusterController:
                     if not self._node_at_fault(e):
                         raise  # the request's fault: it would fail on every node
                     self._mark(node, instance_id, e)
-                    node = self._next_node(instance_id, vm, tried, e)
+                    node = self._next_node(body, vm, tried, e)
                     continue
                 self._dispatched(instance_id, instance)
                 keep_reservation = True
@@ -609,10 +615,13 @@ class ClusterController:
             else:
                 state.health = Health.UNREACHABLE
 
-    def _next_node(self, instance_id: str, vm: VmType, tried: list[str], error: MalleeError) -> str:
+    def _next_node(
+        self, body: dict[str, Any], vm: VmType, tried: list[str], error: MalleeError
+    ) -> str:
         """Reserve on the next candidate the policy picks. (The old reservation may be
         gone already: a poll that listed the instance while the failed node staged it
         released it.) None left: the error says why the last one failed."""
+        instance_id = body["instance_id"]
         with self._lock:
             candidate = self.policy.choose(vm, self._candidates(exclude=tried))
             if candidate is None:
@@ -623,9 +632,8 @@ class ClusterController:
                 if error.code == InsufficientResources.code:
                     raise InsufficientResources(message)
                 raise NodesUnavailable(message)
-            old = self._reservations.get(instance_id)
             self._reservations[instance_id] = Reservation(
-                instance_id, candidate.name, vm, old.net if old else {}
+                instance_id, candidate.name, vm, body.get("net") or {}
             )
             return candidate.name
 
@@ -640,10 +648,6 @@ class ClusterController:
                 continue
             with self._lock:
                 self._reservations.pop(view["instance_id"], None)
-
-    # -- the pass-through operations ----------------------------------------------------
-
-    # -- elastic addresses --------------------------------------------------------------
 
     # -- the private overlay ------------------------------------------------------------
 
@@ -685,6 +689,8 @@ class ClusterController:
         if must is not None and must[0] in failed:
             raise failed[must[0]]
 
+    # -- elastic addresses --------------------------------------------------------------
+
     def _public_network(self) -> PublicNetwork:
         if self.public is None:
             raise NoPublicNetwork(
@@ -695,13 +701,17 @@ class ClusterController:
         return self.public
 
     def elastic_addresses(self) -> dict[str, str]:
-        return self._public_network().elastic()
+        return self.public.elastic() if self.public is not None else {}  # SYSTEM: none
 
     def associate_address(self, public_ip: str, instance_id: str) -> None:
         self._public_network().associate(public_ip, instance_id)
 
     def disassociate_address(self, public_ip: str) -> None:
-        self._public_network().disassociate(public_ip)
+        if self.public is None:
+            raise ElasticAddressNotFound(f"elastic address {public_ip} is not associated here")
+        self.public.disassociate(public_ip)
+
+    # -- the pass-through operations ----------------------------------------------------
 
     def _public_ip(self, instance_id: str) -> str:
         return self.public.address_of(instance_id) if self.public is not None else ""

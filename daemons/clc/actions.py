@@ -785,8 +785,8 @@ def _translated(cloud: Cloud, zone: str, public_ip: str, association_id: str) ->
     """Answer once the zone's CC translates the address. A CC that refuses it (a zone
     whose CC routes no public traffic, say) undoes the association, and the caller is
     told why; one that does not answer gets it at a later sync."""
-    refused = cloud.vmcontrol.addresses.sync().get(zone)
-    if not isinstance(refused, RemoteError) or not 400 <= refused.status < 500:
+    refused = cloud.vmcontrol.addresses.sync().get(zone, {}).get(public_ip)
+    if not isinstance(refused, RemoteError):  # translated, or the CC did not answer
         return
     with cloud.vmcontrol.sessions.write.begin() as db:
         address = db.get(ElasticAddress, public_ip)

@@ -189,7 +189,7 @@ class Instance(Base):
     CC's reports move its state)."""
 
     __tablename__ = "instances"
-    __table_args__ = (  # as migration 0005 makes them
+    __table_args__ = (  # as migrations 0005 and 0008 make them
         Index("instances_by_owner_state", "owner", "state"),
         Index("instances_by_zone_state", "zone", "state"),
         Index("instances_by_leased_ip", "leased_ip"),  # the metadata service asks by it

@@ -94,22 +94,31 @@ def subnet_of(config: ClcConfig, vlan: int | None) -> str:
 
 
 def _vlan(db: Session, config: ClcConfig, group_id: str) -> int | None:
-    """The VLAN of the group's instances (the lowest free, at its first); None without
-    an overlay."""
+    """The VLAN of the group's instances; None without an overlay. A group keeps its
+    VLAN while it lives; one without it takes the lowest VLAN no live instance is on
+    (from a group that has none live now, if need be: it gets another at its next)."""
     if not config.private_slice_prefix:
         return None
     held = db.get(GroupVlan, group_id)
     if held is not None:
         return held.vlan
     count = slices.count(config.private_subnet, config.private_slice_prefix)
-    taken = set(db.scalars(select(GroupVlan.vlan)))
-    free = next((v for v in range(1, min(count, MAX_VLAN + 1)) if v not in taken), None)
+    used = select(Instance.vlan).where(Instance.state.in_(LIVE), Instance.vlan.is_not(None))
+    busy = set(db.scalars(used.distinct()))
+    kept = {row.vlan: row for row in db.scalars(select(GroupVlan))}
+    candidates = [v for v in range(1, min(count, MAX_VLAN + 1)) if v not in busy]
+    # never given first, then those of groups with no instance left on them
+    free = next((v for v in candidates if v not in kept), None)
+    if free is None and candidates:
+        free = candidates[0]
+        db.delete(kept[free])
+        db.flush()
     if free is None:
         raise Ec2Error(
             "SubnetLimitExceeded",
             f"Every VLAN of the private overlay is taken: private_subnet {config.private_subnet}"
             f" cut into /{config.private_slice_prefix} slices has {min(count - 1, MAX_VLAN)},"
-            " one per security group that has instances",
+            " one per security group that has live instances",
         )
     db.add(GroupVlan(group_id=group_id, vlan=free))
     flush_or(db, Ec2Error("RequestLimitExceeded", "A VLAN was taken meanwhile", 503))

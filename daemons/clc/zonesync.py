@@ -5,7 +5,8 @@ router.
 A group goes to the CCs while a live instance is in it, or while the rules of such a
 group name it (the nodes need its members for those rules). Each goes as the nodes apply
 it: its rules, and its members' private addresses across the cloud (EC2-Classic's
-group-to-group rules also matched private addresses only). An elastic address goes to
+group-to-group rules also matched private addresses only; an instance with one NIC
+counts by the address that NIC holds). An elastic address goes to
 the CC of the zone its live instance runs in.
 
 What a CC was last given is remembered per CC, so a sync sends only what changed; a CC
@@ -40,17 +41,23 @@ from mallee.nc.model import Rule, SecurityGroup
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
+ZONE = ""  # among a sync's errors, the key of a zone's as a whole (no item is named "")
 
 
 def enforced_groups(db: Session) -> dict[str, SecurityGroup]:
     """The groups the nodes are to hold, as they are to apply them."""
     members: dict[str, set[str]] = defaultdict(set)
     rows = db.execute(
-        select(Instance.group_ids, Instance.private_ip).where(Instance.state.in_(instances.LIVE))
+        select(Instance.group_ids, Instance.private_ip, Instance.vlan, Instance.leased_ip).where(
+            Instance.state.in_(instances.LIVE)
+        )
     )
-    for group_ids, private_ip in rows:
+    for group_ids, private_ip, vlan, leased_ip in rows:
+        # the address its packets leave from: its private NIC's, or, with one NIC only,
+        # the address that NIC holds (leased by its zone in MANAGED and STATIC modes)
+        address = leased_ip if vlan is None and leased_ip else private_ip
         for group_id in group_ids:
-            members[group_id].update([private_ip] if private_ip else [])
+            members[group_id].update([address] if address else [])
     rules = db.scalars(
         select(SecurityGroupRule)
         .where(SecurityGroupRule.group_id.in_(members))
@@ -125,10 +132,12 @@ class ZoneSync(Generic[Item]):
         self._lock = threading.Lock()  # one sync at a time: none sends an older state
         self._given: dict[str, dict[str, Item]] = {}  # per CC URL, as last given
 
-    def sync(self) -> dict[str, MalleeError]:
-        """Bring every zone's CC in step with the records; a CC that does not answer,
-        or refuses, is logged and left for the next sync. The errors, by zone."""
-        failed: dict[str, MalleeError] = {}
+    def sync(self) -> dict[str, dict[str, MalleeError]]:
+        """Bring every zone's CC in step with the records. What a CC refuses (4xx) is
+        left out, item by item; a CC that does not answer is left whole; both are logged
+        and tried again at the next sync. The errors, by zone and item (ZONE: the
+        zone's as a whole)."""
+        failed: dict[str, dict[str, MalleeError]] = {}
         with self._lock:
             with self.sessions.read.begin() as db:
                 zones = [(c.name, c.url) for c in db.scalars(select(Cluster))]
@@ -137,11 +146,16 @@ class ZoneSync(Generic[Item]):
                 del self._given[url]
             for zone, url in zones:
                 try:
-                    self._sync_cc(url, self.cc_client(url), wanted.get(zone, {}))
+                    refused = self._sync_cc(url, self.cc_client(url), wanted.get(zone, {}))
                 except MalleeError as e:
                     logger.warning("%s not synced to zone %s: %s", self.kind.name, zone, e.message)
                     self._given.pop(url, None)
-                    failed[zone] = e
+                    failed[zone] = {ZONE: e}
+                    continue
+                for key, error in refused.items():
+                    logger.warning("zone %s refuses %s: %s", zone, key, error.message)
+                if refused:
+                    failed[zone] = dict(refused)
         return failed
 
     def in_step(self, url: str) -> bool:
@@ -154,14 +168,24 @@ class ZoneSync(Generic[Item]):
         with self._lock:
             self._given.pop(url, None)
 
-    def _sync_cc(self, url: str, client: CcClient, wanted: dict[str, Item]) -> None:
+    def _sync_cc(
+        self, url: str, client: CcClient, wanted: dict[str, Item]
+    ) -> dict[str, RemoteError]:
+        """The items the CC refused."""
         given = self._given.get(url)
         if given is None:
             given = self.kind.held(client)
         self._given[url] = given
+        refused: dict[str, RemoteError] = {}
         for key, item in wanted.items():
             if given.get(key) != item:
-                self.kind.put(client, key, item)
+                try:
+                    self.kind.put(client, key, item)
+                except RemoteError as e:
+                    if not 400 <= e.status < 500:
+                        raise
+                    refused[key] = e
+                    continue
                 given[key] = item
         for key in sorted(set(given) - set(wanted)):
             try:
@@ -170,3 +194,4 @@ class ZoneSync(Generic[Item]):
                 if e.status != 404:  # gone already
                     raise
             del given[key]
+        return refused

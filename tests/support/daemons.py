@@ -397,8 +397,8 @@ class CcDaemon(Daemon):
         self.state_dir = cc["state_dir"]
 
     def dnsmasq(self) -> list[int]:
-        """The pids of the dnsmasq serving this CC's public network (its command line
-        names the CC's state folder)."""
+        """The pids of this CC's dnsmasqs, its public network's and its VLANs' (their
+        command lines name the CC's state folder)."""
         found = subprocess.run(
             ["pgrep", "-f", f"dnsmasq .*--dhcp-hostsfile={self.state_dir}/"],
             capture_output=True,
@@ -414,10 +414,10 @@ class CcDaemon(Daemon):
         for pid in self.dnsmasq():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        prefixes = (privatenet.BRIDGE_PREFIX, privatenet.VXLAN_PREFIX)
         for link in Path("/sys/class/net").iterdir():
-            if link.name.startswith(prefixes) and link.name[4:].isdigit():
-                subprocess.run(["ip", "link", "del", link.name], capture_output=True, check=False)
+            for prefix in (privatenet.BRIDGE_PREFIX, privatenet.VXLAN_PREFIX):
+                if link.name.startswith(prefix) and link.name[len(prefix) :].isdigit():
+                    subprocess.run(["ip", "link", "del", link.name], capture_output=True)
 
 
 class ClcDaemon(Daemon):

@@ -471,7 +471,8 @@ def test_the_cluster_translates_the_elastic_addresses_of_its_live_instances(
 def test_each_groups_instances_get_a_vlan_and_addresses_of_its_slice(tmp_path: Path) -> None:
     """With an overlay, a group's first instance takes the lowest free VLAN, and every
     instance of the group an address of that VLAN's slice, on a private NIC of its own;
-    when no VLAN is left, RunInstances says so and records nothing."""
+    when no VLAN is left, RunInstances says so and records nothing; a VLAN whose group
+    has no instance left goes to the next group that needs one."""
     frontend, alice, root, location = make_cloud(
         tmp_path, private_subnet="10.200.0.0/22", private_slice_prefix=24
     )  # slices 1 to 3: 10.200.1.0/24 to 10.200.3.0/24
@@ -479,12 +480,17 @@ def test_each_groups_instances_get_a_vlan_and_addresses_of_its_slice(tmp_path: P
     assert isinstance(cc, StandInCc)
     ok = asking(frontend, alice)
     emi = public_image(ok, root, location)
-    for name in ("web", "db", "app"):
-        ok("CreateSecurityGroup", GroupName=name, Description=name)
+    group_ids = {
+        name: ok("CreateSecurityGroup", GroupName=name, Description=name)["GroupId"]
+        for name in ("web", "db", "app")
+    }
+
+    launched: dict[str, str] = {}  # address → instance id
 
     def run(group: str, count: int = 1) -> list[str]:
         ran = ok("RunInstances", ImageId=emi, MinCount=count, MaxCount=count,
                  SecurityGroups=[group])  # fmt: skip
+        launched.update({i["PrivateIpAddress"]: i["InstanceId"] for i in ran["Instances"]})
         return [i["PrivateIpAddress"] for i in ran["Instances"]]
 
     assert run("web", 2) == ["10.200.1.2", "10.200.1.3"]  # .1: the VLAN's router
@@ -504,5 +510,15 @@ def test_each_groups_instances_get_a_vlan_and_addresses_of_its_slice(tmp_path: P
         "private_mac": "d0:0d:0a:c8:02:02",
         "private_ip": "10.200.2.2",
         "vlan": 2,
-        "security_groups": [by_address["10.200.2.2"]["security_groups"][0]],
+        "security_groups": [group_ids["db"]],
     }
+
+    ok("TerminateInstances", InstanceIds=[launched["10.200.2.2"]])
+
+    def ended() -> bool:  # the terminate reaches the CC in the background; a poll sees it
+        frontend.cloud.vmcontrol.poll()
+        [r] = ok("DescribeInstances", InstanceIds=[launched["10.200.2.2"]])["Reservations"]
+        return bool(r["Instances"][0]["State"]["Name"] == "terminated")
+
+    wait_until(ended, 10, "db's instance to end")
+    assert run("app") == ["10.200.2.2"]  # db's VLAN, free now
