@@ -671,13 +671,14 @@ class ClusterController:
                         and (nic := _private_nic(i.net)) is not None
                     ]
                 addresses = {name: s.overlay_address for name, s in self._nodes.items()}
+                up = {name for name, s in self._nodes.items() if s.health is Health.UP}
             placements = {(node, vlan) for node, (vlan, _) in nics}
             if self.private is not None:  # this CC carries every VLAN its nodes carry
                 placements |= {(vlans.THIS_CC, vlan) for _, vlan in placements}
                 addresses[vlans.THIS_CC] = self.config.overlay_address
             wanted = vlans.plan(placements, addresses)
             mine = wanted.pop(vlans.THIS_CC, {})
-            failed = self.overlay.apply(wanted)
+            failed = self.overlay.apply(wanted, up)
             if self.private is not None:
                 pairs: dict[int, set[AddressPair]] = defaultdict(set)
                 for _, (vlan, pair) in nics:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from mallee.common.errors import MalleeError
 from mallee.common.rpc import RemoteError
@@ -52,12 +52,14 @@ class OverlayControl:
         with self._lock:
             self._given.pop(node, None)
 
-    def apply(self, wanted: Plan) -> dict[str, MalleeError]:
-        """Tell every node what changed for it; the errors of those that failed, by
-        node (each is told again at the next apply)."""
+    def apply(self, wanted: Plan, up: Collection[str]) -> dict[str, MalleeError]:
+        """Tell every node that answers its polls (``up``) what changed for it; the
+        errors of those that failed, by node (each is told again at the next apply).
+        A node not up is not waited for: its failed poll made this forget it, so it is
+        told everything once it answers again."""
         failed: dict[str, MalleeError] = {}
         with self._lock:
-            for node in sorted(set(wanted) | set(self._given)):
+            for node in sorted((set(wanted) | set(self._given)) & set(up)):
                 try:
                     self._tell(node, wanted.get(node, {}))
                 except MalleeError as e:
