@@ -43,6 +43,9 @@ class PrivateNetworks:
         self.subnet = subnet
         self.slice_prefix = slice_prefix
         self._dhcp: dict[int, DhcpServer] = {}
+        # per VLAN, the peers and pairs it was last carried with: an unchanged VLAN whose
+        # bridge is still there costs an apply nothing (it runs at every poll)
+        self._carried: dict[int, tuple[frozenset[str], frozenset[AddressPair]]] = {}
         self._lock = threading.Lock()  # one apply at a time
 
     def apply(self, wanted: dict[int, tuple[Collection[str], Collection[AddressPair]]]) -> None:
@@ -51,7 +54,10 @@ class PrivateNetworks:
         by one before it, are taken down."""
         with self._lock:
             for vlan, (peers, pairs) in sorted(wanted.items()):
-                self._each(vlan, "carried", partial(self._carry, vlan, peers, pairs))
+                carried = (frozenset(peers), frozenset(pairs))
+                if self._carried.get(vlan) == carried and self.networks.is_started(vlan):
+                    continue
+                self._each(vlan, "carried", partial(self._carry, vlan, *carried))
             for vlan in sorted((set(self.networks.vlans()) | set(self._dhcp)) - set(wanted)):
                 self._each(vlan, "taken down", partial(self._drop, vlan))
             for dhcp in self._dhcp.values():
@@ -87,8 +93,10 @@ class PrivateNetworks:
             self._dhcp[vlan] = dhcp
         else:
             dhcp.serve(pairs)
+        self._carried[vlan] = (frozenset(peers), frozenset(pairs))
 
     def _drop(self, vlan: int) -> None:
+        self._carried.pop(vlan, None)
         dhcp = self._dhcp.pop(vlan, None)
         if dhcp is not None:
             dhcp.stop()

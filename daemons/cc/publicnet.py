@@ -36,7 +36,10 @@ class PublicNetwork:
         self.dhcp = dhcp
         self.router = router
         self._lock = threading.Lock()
-        self._held = store.held()  # what describe calls read, without the store's file
+        # the store's contents, kept here as they change: describe calls, every poll and
+        # every translation read them without the store's file
+        self._held = store.held()
+        self._elastic = store.elastic()
         self._translated: dict[str, str] | None = None  # as the router last applied
 
     @classmethod
@@ -95,7 +98,7 @@ class PublicNetwork:
         instance's first DHCP request is answered."""
         with self._lock:
             given = self.store.take(wanted)
-            self._held = self.store.held()
+            self._held = {**self._held, **given}
             self.dhcp.serve(self._held.values())
             self._translate()
         return given
@@ -110,14 +113,14 @@ class PublicNetwork:
         with self._lock:
             if ended:
                 self.store.release(ended)
-                self._held = self.store.held()
+                self._held = {i: pair for i, pair in self._held.items() if i not in ended}
                 self.dhcp.serve(self._held.values())
                 self._translate()
         self.dhcp.ensure_running()
 
     def elastic(self) -> dict[str, str]:
         """Elastic address → instance id."""
-        return self.store.elastic()
+        return dict(self._elastic)
 
     def associate(self, public_ip: str, instance_id: str) -> None:
         """Translate ``public_ip`` to and from the instance's address from now on (once
@@ -130,19 +133,22 @@ class PublicNetwork:
             )
         with self._lock:
             self.store.put_elastic(public_ip, instance_id)
+            self._elastic = {a: i for a, i in self._elastic.items() if i != instance_id}
+            self._elastic[public_ip] = instance_id
             self._translate()
 
     def disassociate(self, public_ip: str) -> None:
         with self._lock:
             if not self.store.delete_elastic(public_ip):
                 raise ElasticAddressNotFound(f"elastic address {public_ip} is not associated here")
+            del self._elastic[public_ip]
             self._translate()
 
     def _translate(self) -> None:
         """The router's table, if the translations changed. Lock held."""
         wanted = {
             public_ip: self._held[instance_id].address
-            for public_ip, instance_id in self.store.elastic().items()
+            for public_ip, instance_id in self._elastic.items()
             if instance_id in self._held
         }
         if wanted != self._translated:

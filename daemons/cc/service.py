@@ -208,8 +208,12 @@ class ClusterController:
             # Pairs are taken under this lock too: one taken after this snapshot is not
             # in ``held``, so it is never given back for want of a report.
             with self._lock:
-                views = self._views().items()
-                live = {i for i, v in views if v["state"]["name"] != "terminated"}
+                live = {
+                    instance_id
+                    for state in self._nodes.values()
+                    for instance_id, instance in state.instances.items()
+                    if instance.nc_state is not NcState.TERMINATED
+                }
                 ended = self.public.holders() - live - set(self._reservations)
             self.public.give_back(ended)
         elapsed = time.monotonic() - started
