@@ -40,3 +40,7 @@ class CcConfig(DaemonConfig):
     overlay_address: str = ""
     private_subnet: str = ""
     private_slice_prefix: int = 24
+    # The other clusters' CCs this one joins its VLANs to (peering.py), and its own
+    # address on the network the head nodes share.
+    overlay_peers: list[str] = field(default_factory=list)
+    overlay_peer_address: str = ""

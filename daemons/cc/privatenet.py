@@ -7,8 +7,9 @@ Per VLAN the CC has a bridge (``mlcc<vlan>``) joined to the overlay like a node'
 address on it (its first host address), and a dnsmasq serving exactly the private
 (MAC, address) pairs of the VLAN's instances, with the overlay's MTU (the underlay's
 less VXLAN's 50 bytes) in its answers, so that instances never send frames the overlay
-would have to fragment. A VLAN no node carries any more is taken down whole. An orderly
-CC stop ends the dnsmasqs; the bridges stay for the instances that run on.
+would have to fragment. With peers in other clusters (peering.py), each VLAN's bridge
+is joined to theirs too. A VLAN no node carries any more is taken down whole. An
+orderly CC stop ends the dnsmasqs; the bridges stay for the instances that run on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pyroute2 import IPRoute
 
 from mallee.cc.addresses import AddressPair
 from mallee.cc.dhcp import DhcpServer, end_stale
+from mallee.cc.peering import ClusterPeering
 from mallee.common import slices
 from mallee.common.networks import Networks
 from mallee.common.overlay import VxlanOverlay
@@ -36,8 +38,16 @@ VXLAN_PREFIX = "mlcx"
 
 
 class PrivateNetworks:
-    def __init__(self, directory: Path, address: str, subnet: str, slice_prefix: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        address: str,
+        subnet: str,
+        slice_prefix: int,
+        peering: ClusterPeering | None = None,
+    ) -> None:
         self.directory = directory
+        self.peering = peering
         self.overlay = VxlanOverlay(address, prefix=VXLAN_PREFIX)
         self.networks = Networks(BRIDGE_PREFIX, self.overlay)
         self.subnet = subnet
@@ -53,6 +63,8 @@ class PrivateNetworks:
         its instances' pairs); VLANs started before and no longer wanted, by this CC or
         by one before it, are taken down."""
         with self._lock:
+            if self.peering is not None and wanted:
+                self.peering.guard(True)  # before any VLAN reaches a peer
             for vlan, (peers, pairs) in sorted(wanted.items()):
                 carried = (frozenset(peers), frozenset(pairs))
                 if self._carried.get(vlan) == carried and self.networks.is_started(vlan):
@@ -60,6 +72,8 @@ class PrivateNetworks:
                 self._each(vlan, "carried", partial(self._carry, vlan, *carried))
             for vlan in sorted((set(self.networks.vlans()) | set(self._dhcp)) - set(wanted)):
                 self._each(vlan, "taken down", partial(self._drop, vlan))
+            if self.peering is not None and not wanted:
+                self.peering.guard(False)
             for dhcp in self._dhcp.values():
                 dhcp.ensure_running()
 
@@ -76,6 +90,8 @@ class PrivateNetworks:
         piece = slices.slice_of(self.subnet, self.slice_prefix, vlan)
         router = slices.router_of(piece)
         bridge = str(self.networks.start(vlan, peers)["bridge"])
+        if self.peering is not None:
+            self.peering.join(vlan, bridge)
         # The CC routes no VLAN to any other: one VLAN is one user's isolated segment
         # (a head node forwarding for other reasons must not forward these).
         Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").write_text("0")
@@ -102,6 +118,8 @@ class PrivateNetworks:
             dhcp.stop()
         else:  # started by an earlier CC: end the dnsmasq it left, if any
             end_stale(self.directory / str(vlan))
+        if self.peering is not None:
+            self.peering.leave(vlan)
         if self.networks.is_started(vlan):
             self.networks.stop(vlan)
         shutil.rmtree(self.directory / str(vlan), ignore_errors=True)

@@ -27,6 +27,7 @@ from mallee.cc.addresses import AddressPair
 from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
 from mallee.cc.model import Health, Node, NodeState, Reservation, instance_view
+from mallee.cc.peering import ClusterPeering, peering_problem
 from mallee.cc.privatenet import PrivateNetworks
 from mallee.cc.publicnet import ElasticAddressNotFound, NoPublicNetwork, PublicNetwork
 from mallee.cc.registry import NodeRegistry
@@ -820,6 +821,8 @@ def _private_networks(config: CcConfig) -> PrivateNetworks | None:
     if problem := overlay_problem("cc", config.overlay, config.overlay_address):
         raise ConfigError(problem)
     if not config.overlay:
+        if config.overlay_peers:
+            raise ConfigError('[cc] overlay_peers needs an overlay: set overlay = "vxlan"')
         return None
     if not config.private_subnet:
         raise ConfigError(
@@ -829,7 +832,21 @@ def _private_networks(config: CcConfig) -> PrivateNetworks | None:
         slices.check("cc", config.private_subnet, config.private_slice_prefix)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if problem := peering_problem(config.overlay_peer_address, config.overlay_peers):
+        raise ConfigError(problem)
+    peering = None
+    if config.overlay_peers:
+        peering = ClusterPeering(
+            config.overlay_peer_address,
+            config.overlay_peers,
+            config.private_subnet,
+            config.private_slice_prefix,
+        )
     state = Path(config.state_dir) / "vlans"
     return PrivateNetworks(
-        state, config.overlay_address, config.private_subnet, config.private_slice_prefix
+        state,
+        config.overlay_address,
+        config.private_subnet,
+        config.private_slice_prefix,
+        peering,
     )

@@ -48,18 +48,26 @@ def overlay_problem(section: str, overlay: str, address: str) -> str:
             f"[{section}] overlay = vxlan needs overlay_address, this host's address on the"
             " underlay"
         )
+    return local_address_problem(section, "overlay_address", address)
+
+
+def local_address_problem(section: str, key: str, address: str) -> str:
+    """Why ``[section] key`` = ``address`` is not an address of this host ("" if it is)."""
     with IPRoute() as ipr:
         local = {m.get("IFA_ADDRESS") for m in ipr.get_addr(family=socket.AF_INET)}
     if address not in local:
         return (
-            f"[{section}] overlay_address: {address} is not an address of this host (it has"
+            f"[{section}] {key}: {address} is not an address of this host (it has"
             f" {', '.join(sorted(local))})"
         )
     return ""
 
 
 class VxlanOverlay:
-    """``prefix`` names the devices: a CC and an NC sharing a host each keep their own."""
+    """``prefix`` names the devices: a CC and an NC sharing a host each keep their own.
+    VLAN N's VNI is ``vni_base`` + N: the kernel lets one host have one device per VNI
+    and port, so a second overlay of the same VLANs (between clusters) needs VNIs of its
+    own."""
 
     def __init__(
         self,
@@ -67,11 +75,13 @@ class VxlanOverlay:
         underlay_mtu: int = 1500,
         port: int = VXLAN_PORT,
         prefix: str = "mlvx",
+        vni_base: int = 0,
     ) -> None:
         self.local = local
         self.mtu = underlay_mtu - VXLAN_OVERHEAD
         self.port = port
         self.prefix = prefix
+        self.vni_base = vni_base
 
     def device(self, vlan: int) -> str:
         return f"{self.prefix}{vlan}"
@@ -87,7 +97,7 @@ class VxlanOverlay:
                         "add",
                         ifname=device,
                         kind="vxlan",
-                        vxlan_id=vlan,
+                        vxlan_id=self.vni_base + vlan,
                         vxlan_local=self.local,
                         vxlan_port=self.port,
                         vxlan_learning=1,

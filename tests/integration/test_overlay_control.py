@@ -14,11 +14,21 @@ from typing import Any
 import pytest
 
 from mallee.clc.instances import mac_of
+from mallee.common import host
 from mallee.nc.service import tap_name
 from tests.support.cluster import SMALL, blank_image, fake_node, iid, register
 from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon
 from tests.support.guest import wait_until
-from tests.support.hosts import attach, namespaces, ns, pings, run_in, underlay, vxlan_device
+from tests.support.hosts import (
+    attach,
+    head_link,
+    namespaces,
+    ns,
+    pings,
+    run_in,
+    underlay,
+    vxlan_device,
+)
 from tests.support.network import counting
 
 # instance number → (its guest namespace, the worker it lands on, its VLAN)
@@ -63,6 +73,7 @@ def dhcp_client(guest: str, workdir: Path) -> str:
         "1",
         "-s",
         str(script),
+        timeout_s=30,  # a client NAKed again and again (a second server) would never end
     )
     return answer.strip().splitlines()[-1]
 
@@ -222,32 +233,12 @@ def test_a_users_instances_reach_each_other_across_workers_and_no_one_elses(
     disk.write_bytes(b"\0" * (1 << 20))
     emi = clc.add_disk("blank", disk)
     alice, bob = clc.ec2("alice"), clc.ec2("bob")
-    launched = []
-    for ec2 in (alice, alice, bob):  # round-robin: w1, w2, w1
-        [ran] = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
-        ec2.get_waiter("instance_running").wait(
-            InstanceIds=[ran["InstanceId"]], WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-        )
-        [instance] = ec2.describe_instances(InstanceIds=[ran["InstanceId"]])["Reservations"][0][
-            "Instances"
-        ]
-        launched.append(instance)
+    launched = [launch(ec2, emi) for ec2 in (alice, alice, bob)]  # round-robin: w1, w2, w1
     a1, a2, b1 = launched
-    assert a1["PrivateIpAddress"].split(".")[2] == a2["PrivateIpAddress"].split(".")[2]  # VLAN
-    assert b1["PrivateIpAddress"].split(".")[2] != a1["PrivateIpAddress"].split(".")[2]
+    assert _vlan(a1) == _vlan(a2) and _vlan(b1) != _vlan(a1)
 
     for guest, instance in zip(("g1", "g2", "g3"), launched, strict=True):
-        vlan = int(instance["PrivateIpAddress"].split(".")[2])  # slice N: VLAN N
-        worker = ncs[_node_of(cc, instance["InstanceId"])]
-        attach(
-            guest,
-            worker,
-            f"mlvlan{vlan}",
-            "",
-            tap=tap_name(instance["InstanceId"], "private"),
-            mac=mac_of(instance["PrivateIpAddress"]),
-        )
-        address = dhcp_client(guest, tmp_path).split("/")[0]
+        address = plug_in(guest, ncs[_node_of(cc, instance["InstanceId"])], instance, tmp_path)
         assert address == instance["PrivateIpAddress"]  # the CC's DHCP, the CLC's address
     assert ncs[_node_of(cc, a1["InstanceId"])] == ncs[_node_of(cc, b1["InstanceId"])]
 
@@ -258,8 +249,130 @@ def test_a_users_instances_reach_each_other_across_workers_and_no_one_elses(
         assert seen("alice") == 0  # not one of alice's frames reached bob's instance
 
 
+def launch(ec2: Any, emi: str, zone: str = "") -> dict[str, Any]:
+    """One instance of ``emi``, once running, as DescribeInstances shows it."""
+    placement = {"Placement": {"AvailabilityZone": zone}} if zone else {}
+    [ran] = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1, **placement)["Instances"]
+    ec2.get_waiter("instance_running").wait(
+        InstanceIds=[ran["InstanceId"]], WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    [reservation] = ec2.describe_instances(InstanceIds=[ran["InstanceId"]])["Reservations"]
+    return dict(reservation["Instances"][0])
+
+
+def plug_in(guest: str, worker: str, instance: dict[str, Any], workdir: Path) -> str:
+    """``guest`` as ``instance``'s private NIC, as libvirt plugs it into its VLAN's
+    bridge on ``worker``; the address DHCP gave it."""
+    attach(
+        guest,
+        worker,
+        f"mlvlan{_vlan(instance)}",
+        "",
+        tap=tap_name(instance["InstanceId"], "private"),
+        mac=mac_of(instance["PrivateIpAddress"]),
+    )
+    return dhcp_client(guest, workdir).split("/")[0]
+
+
+def _vlan(instance: dict[str, Any]) -> int:
+    """An instance's VLAN: slice N of the test's private subnet is VLAN N's."""
+    return int(instance["PrivateIpAddress"].split(".")[2])
+
+
 def _node_of(cc: CcDaemon, instance_id: str) -> str:
     [view] = cc.client.call("GET", "/v1/instances", params={"instance_id": instance_id})[
         "instances"
     ]
     return str(view["node"])
+
+
+@pytest.fixture
+def two_clusters() -> Iterator[tuple[str, str]]:
+    """Two clusters whose private networks use the same addresses (seed Figure 2):
+    the first's head node is the test's own namespace, with worker w1 (10.99.0.2); the
+    second's is h2, with worker w3 (10.99.0.2 too). The head nodes share a LAN of their
+    own (10.98.0.1, 10.98.0.2): their addresses there."""
+    with (
+        namespaces("w1", "h2", "w3", "g1", "g2", "g3"),
+        underlay("w1"),
+        underlay("w3", head="h2"),
+        head_link("h2") as heads,
+    ):
+        for worker in ("w1", "w3"):  # to the CLC, on the head nodes' LAN
+            run_in(worker, "ip", "route", "add", "10.98.0.0/24", "via", TEST_BED_HERE)
+        yield heads
+
+
+def test_a_users_instances_in_two_clusters_reach_each_other_through_their_head_nodes(
+    two_clusters: tuple[str, str],
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    clc_factory: Callable[..., ClcDaemon],
+    tmp_path: Path,
+) -> None:
+    """Each cluster's CC joins the VLANs it carries to the other's over the head nodes'
+    LAN: alice's instances, one per cluster on workers with the same address, reach each
+    other; bob's, beside one of them, reaches neither; each cluster's instances take
+    their addresses from their own CC, and no DHCP crosses between the clusters."""
+    here, there = two_clusters
+    worker = "10.99.0.2"  # in both clusters
+    overlay = {"overlay": "vxlan", "overlay_address": TEST_BED_HERE, "private_subnet": SUBNET}
+    nodes = {
+        w: fake_node(
+            nc_factory,
+            2,
+            public_bridge="user",
+            netns=ns(w),
+            address=worker,
+            overlay="vxlan",
+            overlay_address=worker,
+        )
+        for w in ("w1", "w3")
+    }
+    ccs = {
+        "zone-a": cc_factory(overlay_peers=[there], overlay_peer_address=here, **overlay),
+        "zone-b": cc_factory(
+            netns=ns("h2"),
+            address=there,
+            overlay_peers=[here],
+            overlay_peer_address=there,
+            **overlay,
+        ),
+    }
+    register(ccs["zone-a"], nodes["w1"])
+    register(ccs["zone-b"], nodes["w3"])
+    clc = clc_factory(
+        address=here, private_slice_prefix=24, instance_quota=0, private_subnet=SUBNET
+    )
+    for zone, cc in ccs.items():
+        clc.admin("cluster", "add", zone, cc.url)
+    disk = tmp_path / "blank.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    emi = clc.add_disk("blank", disk)
+    alice, bob = clc.ec2("alice"), clc.ec2("bob")
+    a1, a2, b2 = (
+        launch(alice, emi, "zone-a"),
+        launch(alice, emi, "zone-b"),
+        launch(bob, emi, "zone-b"),
+    )
+    assert _vlan(a1) == _vlan(a2) and _vlan(b2) != _vlan(a1)
+
+    assert plug_in("g1", "w1", a1, tmp_path) == a1["PrivateIpAddress"]
+    with counting(ns("g1"), {"dhcp": "udp dport { 67, 68 }"}) as seen:
+        assert plug_in("g2", "w3", a2, tmp_path) == a2["PrivateIpAddress"]  # from zone-b's CC
+        assert plug_in("g3", "w3", b2, tmp_path) == b2["PrivateIpAddress"]
+        assert pings("g1", a2["PrivateIpAddress"], count=3)  # across the clusters
+        assert seen("dhcp") == 0  # zone-b's DHCP stayed in zone-b
+    run_in("g3", "ip", "route", "add", "10.200.0.0/16", "dev", "eth0")  # ask by ARP
+    assert not pings("g3", a2["PrivateIpAddress"]) and not pings("g3", a1["PrivateIpAddress"])
+
+    # each guest's router is its own cluster's CC, though both CCs hold the address
+    router = f"10.200.{_vlan(a1)}.1"
+    for guest, head in (("g1", ""), ("g2", "h2")):
+        assert pings(guest, router)
+        [neighbour] = run_in(guest, "ip", "neigh", "show", router).split()[4:5]
+        bridge = f"mlcc{_vlan(a1)}"
+        shown = host.run(
+            *(["ip", "-n", ns(head)] if head else ["ip"]), "-br", "link", "show", bridge
+        )
+        assert neighbour == shown.split()[2]

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,8 +24,9 @@ import libvirt
 import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
+from pyroute2 import netns
 
-from mallee.cc import privatenet
+from mallee.cc import peering, privatenet
 from mallee.common import host, nftables, tls
 from mallee.common.rpc import ClientTLS, RpcClient
 from mallee.nc.domain import METADATA_NS
@@ -145,6 +146,7 @@ class Pki:
 # the test's own there (where a CLC serves them).
 TEST_BED_HOSTS = [f"10.99.0.{n}" for n in range(2, 10)]
 TEST_BED_HERE = "10.99.0.1"
+TEST_BED_HEADS = ["10.98.0.1", "10.98.0.2"]  # head nodes, where a CC may serve
 
 
 def make_pki(d: Path) -> Pki:
@@ -156,7 +158,7 @@ def make_pki(d: Path) -> Pki:
         return ClientTLS(ca, str(cert), str(key))
 
     tls.create_ca(d / "foreign")
-    cc_server = tls.issue(d, d, "cc-test", "cc", ["localhost", "127.0.0.1"])
+    cc_server = tls.issue(d, d, "cc-test", "cc", ["localhost", "127.0.0.1", *TEST_BED_HEADS])
     return Pki(
         ca=d / "ca.pem",
         nc=tls.issue(d, d, "nc-test", "nc", ["localhost", "127.0.0.1", *TEST_BED_HOSTS]),
@@ -256,7 +258,8 @@ class Daemon:
         deadline = time.monotonic() + 30
         while True:
             try:
-                self.client.call("GET", "/healthz", timeout=(1, 2))
+                with self._inside():
+                    self.client.call("GET", "/healthz", timeout=(1, 2))
                 return
             except Exception as e:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -264,6 +267,20 @@ class Daemon:
                     output = self.log.read_text()
                     raise RuntimeError(f"mallee-{self.component} did not come up:\n{output}") from e
                 time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def _inside(self) -> Iterator[None]:
+        """This thread in the daemon's namespace, if it has one (sockets made meanwhile
+        stay there): a daemon at an address the test's own namespace routes elsewhere,
+        as another cluster's worker may be, is asked there."""
+        if not self.netns:
+            yield
+            return
+        netns.pushns(self.netns)
+        try:
+            yield
+        finally:
+            netns.popns()
 
     def kill9(self) -> None:
         """SIGKILL to every process of the daemon; back once its port refuses callers
@@ -395,6 +412,7 @@ class CcDaemon(Daemon):
         cc = {"state_dir": str(workdir / "cc-state"), "poll_interval_s": 0.5, **settings}
         super().__init__(workdir, pki, pki.cc_server, pki.clc, cc)
         self.state_dir = cc["state_dir"]
+        self.peer_address = str(cc.get("overlay_peer_address", ""))
 
     def dnsmasq(self) -> list[int]:
         """The pids of this CC's dnsmasqs, its public network's and its VLANs' (their
@@ -409,15 +427,22 @@ class CcDaemon(Daemon):
 
     def cleanup(self) -> None:
         """After a test: stop the daemon, end a dnsmasq a killed one left, and remove
-        the VLAN bridges and VXLAN devices a CC keeps for running instances."""
+        the VLAN bridges, VXLAN devices and peering table a CC keeps for running
+        instances (in a namespace of the test bed, they go with the namespace)."""
         self.stop()
         for pid in self.dnsmasq():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if self.netns:
+            return
+        prefixes = (privatenet.BRIDGE_PREFIX, privatenet.VXLAN_PREFIX, peering.PREFIX)
         for link in Path("/sys/class/net").iterdir():
-            for prefix in (privatenet.BRIDGE_PREFIX, privatenet.VXLAN_PREFIX):
+            for prefix in prefixes:
                 if link.name.startswith(prefix) and link.name[len(prefix) :].isdigit():
                     subprocess.run(["ip", "link", "del", link.name], capture_output=True)
+        if self.peer_address:
+            table = nftables.table_name("cc_peering", self.peer_address)
+            nftables.apply(nftables.remove_table(peering.FAMILY, table))
 
 
 class ClcDaemon(Daemon):
@@ -427,7 +452,7 @@ class ClcDaemon(Daemon):
     component = "clc"
 
     def __init__(self, workdir: Path, pki: Pki, **settings: Any) -> None:
-        names = ["localhost", "127.0.0.1", TEST_BED_HERE]
+        names = ["localhost", "127.0.0.1", TEST_BED_HERE, *TEST_BED_HEADS]
         server = tls.issue(pki.ca.parent, workdir, "clc-test", "clc", names)
         clc = {
             "database_url": f"sqlite:///{workdir / 'clc.db'}",

@@ -25,8 +25,8 @@ def vxlan_device(vlan: int) -> str:
     return VxlanOverlay("").device(vlan)
 
 
-def run_in(name: str, *argv: str, timeout_s: float = 120) -> str:
-    return host.run("ip", "netns", "exec", ns(name), *argv, timeout_s=timeout_s)
+def run_in(name: str, *argv: str, timeout_s: float = 120, stdin: str | None = None) -> str:
+    return host.run("ip", "netns", "exec", ns(name), *argv, timeout_s=timeout_s, stdin=stdin)
 
 
 @contextmanager
@@ -89,26 +89,55 @@ def pings(source: str, address: str, count: int = 1) -> bool:
 
 
 @contextmanager
-def underlay(*names: str) -> Iterator[dict[str, str]]:
-    """Hosts ``names`` (namespaces made already) on one LAN with the test's own
-    namespace (at 10.99.0.1), at 10.99.0.2, .3, … in order (their ``eth1``): the
-    network their controller reaches their daemons on, and their overlay runs over.
-    Their addresses by name."""
+def underlay(*names: str, head: str = "") -> Iterator[dict[str, str]]:
+    """Hosts ``names`` (namespaces made already) on one LAN with their head node (the
+    test's own namespace, or ``head``'s) at 10.99.0.1, at 10.99.0.2, .3, … in order
+    (their ``eth1``): the network their controller reaches their daemons on, and their
+    overlay runs over. Their addresses by name. Two such LANs with different heads use
+    the same addresses, as two clusters' private networks may (seed Figure 2)."""
     bridge = "mlunder"
     addresses = {name: f"10.99.0.{n + 2}" for n, name in enumerate(names)}
+    there = ("-n", ns(head)) if head else ()
     try:
-        host.run("ip", "link", "add", bridge, "type", "bridge")
-        host.run("ip", "addr", "add", "10.99.0.1/24", "dev", bridge)
-        host.run("ip", "link", "set", bridge, "up")
+        host.run("ip", *there, "link", "add", bridge, "type", "bridge")
+        host.run("ip", *there, "addr", "add", "10.99.0.1/24", "dev", bridge)
+        host.run("ip", *there, "link", "set", bridge, "up")
         for name, address in addresses.items():
             port = f"mlu{name}"[:15]
-            host.run("ip", "link", "add", port, "type", "veth",
+            host.run("ip", *there, "link", "add", port, "type", "veth",
                      "peer", "name", "eth1", "netns", ns(name))  # fmt: skip
-            host.run("ip", "link", "set", port, "master", bridge, "up")
+            host.run("ip", *there, "link", "set", port, "master", bridge, "up")
             host.run("ip", "-n", ns(name), "addr", "add", f"{address}/24", "dev", "eth1")
             host.run("ip", "-n", ns(name), "link", "set", "eth1", "up")
         yield addresses
     finally:
         for link_name in [f"mlu{name}"[:15] for name in names] + [bridge]:
             with contextlib.suppress(HostCommandFailed):
-                host.run("ip", "link", "del", link_name)
+                host.run("ip", *there, "link", "del", link_name)
+
+
+@contextmanager
+def head_link(head: str) -> Iterator[tuple[str, str]]:
+    """The test's own namespace and head node ``head`` on a LAN of their own (the
+    network two clusters' head nodes share), at 10.98.0.1 and 10.98.0.2. ``head``
+    forwards its workers' packets there, masqueraded as its own (seed Figure 2: the
+    workers' private addresses mean nothing outside their cluster)."""
+    here, there = "10.98.0.1", "10.98.0.2"
+    nat = (
+        "table ip mallee_test_nat {\n  chain out {\n"
+        "    type nat hook postrouting priority 100;\n"
+        '    oifname "eth0" masquerade\n  }\n}\n'
+    )
+    try:
+        host.run("ip", "link", "add", "mlheads", "type", "veth",
+                 "peer", "name", "eth0", "netns", ns(head))  # fmt: skip
+        host.run("ip", "addr", "add", f"{here}/24", "dev", "mlheads")
+        host.run("ip", "link", "set", "mlheads", "up")
+        host.run("ip", "-n", ns(head), "addr", "add", f"{there}/24", "dev", "eth0")
+        host.run("ip", "-n", ns(head), "link", "set", "eth0", "up")
+        run_in(head, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run_in(head, "nft", "-f", "-", stdin=nat)
+        yield here, there
+    finally:
+        with contextlib.suppress(HostCommandFailed):
+            host.run("ip", "link", "del", "mlheads")

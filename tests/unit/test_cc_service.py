@@ -16,6 +16,7 @@ from mallee.cc.config import CcConfig
 from mallee.cc.model import Health
 from mallee.cc.service import ClusterController
 from mallee.common.capacity import VmType
+from mallee.common.config import ConfigError
 from mallee.common.errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -500,3 +501,30 @@ def test_each_node_carrying_a_vlan_floods_to_the_others_carrying_it(tmp_path: Pa
     cluster.cc.poll()
     assert cluster.ncs[second].networks == {}
     assert cluster.ncs[first].networks == {10: []}
+
+
+OVERLAY = {"overlay": "vxlan", "overlay_address": "127.0.0.1", "private_subnet": "10.200.0.0/16"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"overlay_peers": ["10.98.0.2"]}, r"overlay_peers needs an overlay"),
+        ({**OVERLAY, "overlay_peers": ["10.98.0.2"]}, "needs overlay_peer_address"),
+        ({**OVERLAY, "overlay_peers": ["cc-b"]}, "'cc-b' is not an IPv4 address"),
+        (
+            {**OVERLAY, "overlay_peers": ["127.0.0.1"], "overlay_peer_address": "127.0.0.1"},
+            "127.0.0.1 is this CC's own overlay_peer_address",
+        ),
+        (
+            {**OVERLAY, "overlay_peers": ["10.98.0.2"], "overlay_peer_address": "10.98.0.1"},
+            r"overlay_peer_address: 10.98.0.1 is not an address of this host",
+        ),
+    ],
+)
+def test_peering_keys_that_cannot_work_stop_the_cc_at_start(
+    tmp_path: Path, keys: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ClusterController(CcConfig(state_dir=str(tmp_path), **keys), None, Metrics("test"))
+    assert not (tmp_path / "cc.db").exists()  # nothing made
