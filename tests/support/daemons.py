@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +24,6 @@ import libvirt
 import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
-from pyroute2 import netns
 
 from mallee.cc import peering, privatenet
 from mallee.common import host, nftables, tls
@@ -33,6 +32,7 @@ from mallee.nc.domain import METADATA_NS
 from mallee.nc.service import FIREWALL_FILE
 from mallee.nc.store import MARKER, RECORD
 from tests.support.guest import wait_until
+from tests.support.network import inside
 
 REPO = Path(__file__).parents[2]
 OPENAPI = {
@@ -247,10 +247,10 @@ class Daemon:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+            in_netns = ["ip", "netns", "exec", self.netns] if self.netns else []
             command = [sys.executable, "-m", f"mallee.{self.component}", "--config"]
             self.process = subprocess.Popen(
-                [*inside, *command, str(self.config)],
+                [*in_netns, *command, str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -258,7 +258,9 @@ class Daemon:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with self._inside():
+                # asked in its namespace: a daemon at an address the test's own
+                # namespace routes elsewhere (another cluster's worker) answers there
+                with inside(self.netns) if self.netns else contextlib.nullcontext():
                     self.client.call("GET", "/healthz", timeout=(1, 2))
                 return
             except Exception as e:
@@ -267,20 +269,6 @@ class Daemon:
                     output = self.log.read_text()
                     raise RuntimeError(f"mallee-{self.component} did not come up:\n{output}") from e
                 time.sleep(0.2)
-
-    @contextlib.contextmanager
-    def _inside(self) -> Iterator[None]:
-        """This thread in the daemon's namespace, if it has one (sockets made meanwhile
-        stay there): a daemon at an address the test's own namespace routes elsewhere,
-        as another cluster's worker may be, is asked there."""
-        if not self.netns:
-            yield
-            return
-        netns.pushns(self.netns)
-        try:
-            yield
-        finally:
-            netns.popns()
 
     def kill9(self) -> None:
         """SIGKILL to every process of the daemon; back once its port refuses callers
