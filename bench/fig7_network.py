@@ -39,7 +39,8 @@ from pathlib import Path
 
 from mallee.common import host
 from mallee.common.networks import Networks
-from mallee.common.overlay import VdeSwitch, VxlanOverlay
+from mallee.common.overlay import VxlanOverlay
+from mallee.common.vde import VdeSwitch
 from tests.support.hosts import attach, link, namespaces, ns, pings, run_in
 from tests.support.network import inside
 

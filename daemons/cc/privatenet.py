@@ -3,7 +3,8 @@ VLAN's router and DHCP server (seed §2.2: a slice of the private subnet per VLA
 on each).
 
 Per VLAN the CC has a bridge (``mlcc<vlan>``) joined to the overlay like a node's
-(VXLAN ``mlcx<vlan>``, flooding to the nodes carrying the VLAN), the slice's router
+(VXLAN ``mlcx<vlan>``, flooding to the nodes carrying the VLAN; VDE: a tap ``mlcd<vlan>``
+on the CC's switch, whose wires to those nodes carry the VLAN), the slice's router
 address on it (its first host address), and a dnsmasq serving exactly the private
 (MAC, address) pairs of the VLAN's instances, with the overlay's MTU (the underlay's
 less VXLAN's 50 bytes) in its answers, so that instances never send frames the overlay
@@ -29,26 +30,27 @@ from mallee.cc.dhcp import DhcpServer, end_stale
 from mallee.cc.peering import ClusterPeering
 from mallee.common import slices
 from mallee.common.networks import Networks
-from mallee.common.overlay import VxlanOverlay
+from mallee.common.overlay import Overlay
 
 logger = logging.getLogger(__name__)
 
 BRIDGE_PREFIX = "mlcc"
 VXLAN_PREFIX = "mlcx"
+VDE_PREFIX = "mlcd"  # the taps joining the CC's bridges to its VDE switch
 
 
 class PrivateNetworks:
     def __init__(
         self,
         directory: Path,
-        address: str,
+        overlay: Overlay,
         subnet: str,
         slice_prefix: int,
         peering: ClusterPeering | None = None,
     ) -> None:
         self.directory = directory
         self.peering = peering
-        self.overlay = VxlanOverlay(address, prefix=VXLAN_PREFIX)
+        self.overlay = overlay
         self.networks = Networks(BRIDGE_PREFIX, self.overlay)
         self.subnet = subnet
         self.slice_prefix = slice_prefix
@@ -76,6 +78,7 @@ class PrivateNetworks:
                 self.peering.guard(False)
             for dhcp in self._dhcp.values():
                 dhcp.ensure_running()
+            self.networks.ensure()
 
     @staticmethod
     def _each(vlan: int, what: str, change: Callable[[], None]) -> None:
@@ -103,13 +106,20 @@ class PrivateNetworks:
         dhcp = self._dhcp.get(vlan)
         if dhcp is None:
             dhcp = DhcpServer(
-                self.directory / str(vlan), bridge, piece, router, [], mtu=self.overlay.mtu
+                self.directory / str(vlan), bridge, piece, router, [], mtu=self.mtu()
             )
             dhcp.start(pairs)
             self._dhcp[vlan] = dhcp
         else:
             dhcp.serve(pairs)
         self._carried[vlan] = (frozenset(peers), frozenset(pairs))
+
+    def mtu(self) -> int:
+        """What instances may send: the least of this cluster's overlay and the
+        peering's (a VDE cluster joined to others over VXLAN gets VXLAN's)."""
+        if self.peering is None:
+            return self.overlay.mtu
+        return min(self.overlay.mtu, self.peering.overlay.mtu)
 
     def _drop(self, vlan: int) -> None:
         self._carried.pop(vlan, None)
@@ -128,3 +138,4 @@ class PrivateNetworks:
     def stop(self) -> None:
         for dhcp in self._dhcp.values():
             dhcp.stop()
+        self.overlay.stop()

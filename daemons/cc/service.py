@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mallee.cc import scheduler, vlans
+from mallee.cc import privatenet, scheduler, vlans
 from mallee.cc.addresses import AddressPair
 from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
@@ -48,8 +48,9 @@ from mallee.common.errors import (
     SecurityGroupNotFound,
 )
 from mallee.common.metrics import Metrics
-from mallee.common.overlay import overlay_problem
+from mallee.common.overlay import Overlay, VxlanOverlay, overlay_problem
 from mallee.common.rpc import ClientTLS, RemoteError, RpcClient, Unreachable
+from mallee.common.vde import VdeOverlay
 from mallee.nc.client import NcClient, NcInstance
 from mallee.nc.model import NcState, SecurityGroup
 
@@ -102,7 +103,7 @@ class ClusterController:
         self._started = time.monotonic()
         # Every setting is checked before anything starts (a dnsmasq, a table).
         self.policy = scheduler.policy(config.scheduler)
-        self.private = _private_networks(config)  # None without an overlay
+        self.private = _private_networks(config, tls_files)  # None without an overlay
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
         self.groups = GroupStore(Path(config.state_dir) / "cc.db")
         self.public = PublicNetwork.from_config(config)  # None in SYSTEM mode
@@ -816,7 +817,7 @@ def _private_nic(net: dict[str, Any]) -> tuple[int, AddressPair] | None:
     return net["vlan"], AddressPair(net.get("private_ip") or "", net["private_mac"].lower())
 
 
-def _private_networks(config: CcConfig) -> PrivateNetworks | None:
+def _private_networks(config: CcConfig, tls_files: ClientTLS | None) -> PrivateNetworks | None:
     """The CC's side of the private overlay, as ``[cc]`` asks; None without one."""
     if problem := overlay_problem("cc", config.overlay, config.overlay_address):
         raise ConfigError(problem)
@@ -843,10 +844,15 @@ def _private_networks(config: CcConfig) -> PrivateNetworks | None:
             config.private_slice_prefix,
         )
     state = Path(config.state_dir) / "vlans"
+    overlay: Overlay = VxlanOverlay(config.overlay_address, prefix=privatenet.VXLAN_PREFIX)
+    if config.overlay == "vde":
+        overlay = VdeOverlay(
+            Path(config.state_dir) / "vde",
+            config.overlay_address,
+            tls_files,
+            dials=True,
+            prefix=privatenet.VDE_PREFIX,
+        )
     return PrivateNetworks(
-        state,
-        config.overlay_address,
-        config.private_subnet,
-        config.private_slice_prefix,
-        peering,
+        state, overlay, config.private_subnet, config.private_slice_prefix, peering
     )

@@ -1,9 +1,9 @@
 """startNetwork, the host side of an instance network: one Linux bridge per VLAN.
 
 Instances' private NICs attach to their VLAN's bridge; with an overlay, the bridge is
-joined to it (the VLAN's VXLAN device, flooding to the peers the CC names), so it
-reaches the same VLAN's bridges on the other hosts. Links are made through netlink
-(pyroute2), not by running ``ip``.
+joined to it (VXLAN: the VLAN's device, flooding to the peers the CC names; VDE: a tap
+on the host's switch), so it reaches the same VLAN's bridges on the other hosts. Links
+are made through netlink (pyroute2), not by running ``ip``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 from pyroute2 import IPRoute, NetlinkError
 
 from mallee.common.errors import NetworkNotFound, NetworkSetupFailed
-from mallee.common.overlay import VxlanOverlay
+from mallee.common.overlay import Overlay
 
 
 class Networks:
-    def __init__(self, bridge_prefix: str, overlay: VxlanOverlay | None = None) -> None:
+    def __init__(self, bridge_prefix: str, overlay: Overlay | None = None) -> None:
         if len(bridge_prefix) > 11:
             raise ValueError(f"private_bridge_prefix {bridge_prefix!r}: at most 11 characters")
         self.prefix = bridge_prefix
@@ -70,6 +70,13 @@ class Networks:
             for p in Path("/sys/class/net").glob(f"{self.prefix}*")
             if p.name[len(self.prefix) :].isdigit() and (p / "bridge").is_dir()
         )
+
+    def ensure(self) -> None:
+        """The overlay's processes started again where they died (VDE's), every VLAN
+        bridge here joined: after a restart, those of the instances that ran on."""
+        if self.overlay is not None:
+            with self._lock:
+                self.overlay.ensure({vlan: self.bridge(vlan) for vlan in self.vlans()})
 
     def started(self) -> list[dict[str, object]]:
         return [self._described(vlan) for vlan in self.vlans()]

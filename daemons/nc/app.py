@@ -1,7 +1,8 @@
-"""The NC's app factory: config, then plumbing, then routes, then the monitor."""
+"""The NC's app factory: config, then plumbing, then routes, then the monitors."""
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,4 +40,7 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls)
     rpc.register_blueprint(app, api.bp, roles=nc_config.allowed_clients)
     Periodic("nc-monitor", nc_config.monitor_interval_s, nc.reconcile).start()
+    if nc.networks.overlay is not None:  # VDE's processes started again if they die
+        atexit.register(nc.networks.overlay.stop)  # an orderly exit ends them
+        Periodic("nc-overlay", nc_config.monitor_interval_s, nc.networks.ensure).start()
     return app

@@ -36,8 +36,9 @@ from mallee.common.errors import (
     SecurityGroupNotFound,
 )
 from mallee.common.networks import Networks
-from mallee.common.overlay import VxlanOverlay
+from mallee.common.overlay import Overlay, VxlanOverlay
 from mallee.common.rpc import ClientTLS
+from mallee.common.vde import VdeOverlay
 from mallee.nc import disks, hostcheck, resources
 from mallee.nc.config import NcConfig
 from mallee.nc.domain import DomainSpec, NicSpec, render_domain_xml
@@ -59,6 +60,7 @@ DEFAULT_CMDLINE = {
 # (shutting-down, then; the launch finishes the teardown).
 CANCEL_WAIT_S = 10.0
 FIREWALL_FILE = ".security-groups.json"  # in instance_dir: the groups the CC put
+VDE_FOLDER = ".vde"  # in instance_dir: the VDE switch's sockets
 TEARDOWN_WORKERS = 16  # a destroy that hangs holds one; the others go on
 
 
@@ -88,7 +90,8 @@ class _Launch:
 
 class NodeController:
     def __init__(self, config: NcConfig, image_tls: ClientTLS | None = None) -> None:
-        """``image_tls``: the NC's certificate, shown to the CLC's image store."""
+        """``image_tls``: the NC's certificate, shown to the CLC's image store and to the
+        CC on a VDE wire."""
         self.config = config
         self.virt_type = choose_virt_type(config.hypervisor, config.libvirt_uri)
         self.hypervisor = Hypervisor(config.libvirt_uri, config.node_name)
@@ -100,8 +103,7 @@ class NodeController:
             config.image_fetch_timeout_s,
             image_tls,
         )
-        overlay = VxlanOverlay(config.overlay_address) if config.overlay == "vxlan" else None
-        self.networks = Networks(config.private_bridge_prefix, overlay)
+        self.networks = Networks(config.private_bridge_prefix, _overlay(config, image_tls))
         self.firewall = Firewall(config.node_name, Path(config.instance_dir) / FIREWALL_FILE)
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
@@ -612,3 +614,12 @@ class NodeController:
             self.store.remove(name)
         self._stray_folders = []
         self._recovered = True
+
+
+def _overlay(config: NcConfig, tls: ClientTLS | None) -> Overlay | None:
+    """The private overlay's backend as ``[nc] overlay`` asks (app.py checked it)."""
+    if config.overlay == "vxlan":
+        return VxlanOverlay(config.overlay_address)
+    if config.overlay == "vde":
+        return VdeOverlay(Path(config.instance_dir) / VDE_FOLDER, config.overlay_address, tls)
+    return None

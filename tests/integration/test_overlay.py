@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from mallee.common.networks import Networks
-from mallee.common.overlay import VdeSwitch, VxlanOverlay
+from mallee.common.overlay import VxlanOverlay
+from mallee.common.vde import VdeSwitch
 from tests.support.hosts import attach, link, namespaces, ns, pings, run_in, vxlan_device
 from tests.support.network import inside
 

@@ -7,6 +7,9 @@ ask the CC's DHCP for their addresses as a guest does."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -200,23 +203,107 @@ def test_the_cc_joins_each_vlan_across_the_workers_that_carry_it(
     assert cc.dnsmasq() == []
 
 
+def test_vde_processes_that_die_are_started_again_and_end_with_their_daemon(
+    workers: dict[str, str],
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    tmp_path: Path,
+) -> None:
+    """The VDE backend: each host's switch, taps and wires are supervised by their
+    daemon. A node's switch killed is started again with its taps and its wait for the
+    CC's wire; the CC killed takes its switch and wires with it (nothing orphaned), and
+    once restarted dials again; an orderly stop ends them all."""
+    ncs = [
+        fake_node(
+            nc_factory,
+            2,
+            netns=ns(w),
+            address=workers[w],
+            overlay="vde",
+            overlay_address=workers[w],
+        )
+        for w in ("w1", "w2")
+    ]
+    cc = cc_factory(
+        scheduler="round-robin", overlay="vde", overlay_address="10.99.0.1", private_subnet=SUBNET
+    )
+    register(cc, *ncs)
+    with blank_image(tmp_path / "www", address="10.99.0.1") as (_, image):
+        for n in (1, 2):  # round-robin: w1, w2
+            body = {
+                "reservation_id": "r-0123456789abcdef0",
+                "owner_id": "alice",
+                "vm_type": SMALL,
+                "image": image,
+                "instances": [{"instance_id": iid(n), "net": private_net(n)}],
+            }
+            cc.client.call("POST", "/v1/instances", body)
+    for n in (1, 2):
+        guest, worker, _ = GUESTS[n]
+        attach(
+            guest,
+            worker,
+            "mlvlan10",
+            "",
+            tap=tap_name(iid(n), "private"),
+            mac=str(private_net(n)["private_mac"]),
+        )
+        assert dhcp_client(guest, tmp_path) == f"{private_net(n)['private_ip']}/24 10.200.10.1 1500"
+    assert pings("g1", "10.200.10.12", count=3)  # w1 → the CC's switch → w2
+
+    def switches(folder: Path) -> list[int]:
+        return _pids(f"vde_switch --sock {folder}/")
+
+    def across() -> bool:
+        return pings("g1", "10.200.10.12")
+
+    [w1_switch] = switches(ncs[0].instance_dir)
+    os.kill(w1_switch, signal.SIGKILL)
+    wait_until(across, 30, "w1's switch, taps and wire to come back")
+    assert len(switches(ncs[0].instance_dir)) == 1
+
+    cc_vde = Path(cc.state_dir) / "vde"
+    [cc_switch] = switches(cc_vde)
+    cc.kill9()
+    wait_until(lambda: not switches(cc_vde), 10, "the killed CC's switch to end with it")
+    wait_until(lambda: not _pids(f"vde://{cc_vde}/"), 10, "its wires and taps to end too")
+    cc.start()
+    wait_until(across, 30, "the restarted CC to rebuild its switch and dial again")
+    assert len(switches(cc_vde)) == 1 and switches(cc_vde) != [cc_switch]
+
+    cc.stop()
+    assert not _pids(f"vde://{cc_vde}/") and not switches(cc_vde)
+    for nc in ncs:
+        nc.stop()
+        assert not _pids(f"{nc.instance_dir}/")  # its switch, tap and listener
+
+
+def _pids(pattern: str) -> list[int]:
+    """The pids of processes whose command line holds ``pattern``."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in found.stdout.split()]
+
+
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+@pytest.mark.parametrize("backend", ["vxlan", "vde"])
 def test_a_users_instances_reach_each_other_across_workers_and_no_one_elses(
+    backend: str,
     workers: dict[str, str],
     nc_factory: Callable[..., NcDaemon],
     cc_factory: Callable[..., CcDaemon],
     clc_factory: Callable[..., ClcDaemon],
     tmp_path: Path,
 ) -> None:
-    """The whole chain: the CLC gives each user's group a VLAN and addresses of its
-    slice, the CC starts the VLANs where the instances land and serves their DHCP; two
-    of alice's instances on different workers reach each other, and bob's, on the same
-    worker as one of them, neither reaches it nor sees a packet of theirs."""
+    """The whole chain, over each backend: the CLC gives each user's group a VLAN and
+    addresses of its slice, the CC starts the VLANs where the instances land and serves
+    their DHCP; two of alice's instances on different workers reach each other, and
+    bob's, on the same worker as one of them, neither reaches it nor sees a packet of
+    theirs."""
     overlay: dict[str, dict[str, Any]] = {
-        w: {"netns": ns(w), "address": a, "overlay": "vxlan", "overlay_address": a}
+        w: {"netns": ns(w), "address": a, "overlay": backend, "overlay_address": a}
         for w, a in workers.items()
     }
     # public NICs on QEMU's user network: this test is about the private ones
@@ -224,7 +311,7 @@ def test_a_users_instances_reach_each_other_across_workers_and_no_one_elses(
     ncs = {node.name: w for node, w in zip(nodes, ("w1", "w2"), strict=True)}  # node → worker
     settings = {"private_subnet": SUBNET}
     cc = cc_factory(
-        scheduler="round-robin", overlay="vxlan", overlay_address=TEST_BED_HERE, **settings
+        scheduler="round-robin", overlay=backend, overlay_address=TEST_BED_HERE, **settings
     )
     register(cc, *nodes)
     clc = clc_factory(address=TEST_BED_HERE, private_slice_prefix=24, instance_quota=0, **settings)
