@@ -105,9 +105,7 @@ class PrivateNetworks:
                 ipr.addr("add", index=index, address=router, prefixlen=self.slice_prefix)
         dhcp = self._dhcp.get(vlan)
         if dhcp is None:
-            dhcp = DhcpServer(
-                self.directory / str(vlan), bridge, piece, router, [], mtu=self.mtu()
-            )
+            dhcp = DhcpServer(self.directory / str(vlan), bridge, piece, router, [], mtu=self.mtu())
             dhcp.start(pairs)
             self._dhcp[vlan] = dhcp
         else:
