@@ -390,7 +390,9 @@ def two_clusters() -> Iterator[tuple[str, str]]:
         yield heads
 
 
+@pytest.mark.parametrize("backend", ["vxlan", "vde"])
 def test_a_users_instances_in_two_clusters_reach_each_other_through_their_head_nodes(
+    backend: str,
     two_clusters: tuple[str, str],
     nc_factory: Callable[..., NcDaemon],
     cc_factory: Callable[..., CcDaemon],
@@ -400,10 +402,11 @@ def test_a_users_instances_in_two_clusters_reach_each_other_through_their_head_n
     """Each cluster's CC joins the VLANs it carries to the other's over the head nodes'
     LAN: alice's instances, one per cluster on workers with the same address, reach each
     other; bob's, beside one of them, reaches neither; each cluster's instances take
-    their addresses from their own CC, and no DHCP crosses between the clusters."""
+    their addresses from their own CC, and no DHCP crosses between the clusters. Inside
+    each cluster the overlay is ``backend``; between head nodes, VXLAN."""
     here, there = two_clusters
     worker = "10.99.0.2"  # in both clusters
-    overlay = {"overlay": "vxlan", "overlay_address": TEST_BED_HERE, "private_subnet": SUBNET}
+    overlay = {"overlay": backend, "overlay_address": TEST_BED_HERE, "private_subnet": SUBNET}
     nodes = {
         w: fake_node(
             nc_factory,
@@ -411,7 +414,7 @@ def test_a_users_instances_in_two_clusters_reach_each_other_through_their_head_n
             public_bridge="user",
             netns=ns(w),
             address=worker,
-            overlay="vxlan",
+            overlay=backend,
             overlay_address=worker,
         )
         for w in ("w1", "w3")
@@ -450,6 +453,8 @@ def test_a_users_instances_in_two_clusters_reach_each_other_through_their_head_n
         assert plug_in("g3", "w3", b2, tmp_path) == b2["PrivateIpAddress"]
         assert pings("g1", a2["PrivateIpAddress"], count=3)  # across the clusters
         assert seen("dhcp") == 0  # zone-b's DHCP stayed in zone-b
+    for guest in ("g1", "g2"):  # what crosses between the head nodes: VXLAN's MTU
+        assert "mtu 1450" in run_in(guest, "ip", "link", "show", "eth0")
     run_in("g3", "ip", "route", "add", "10.200.0.0/16", "dev", "eth0")  # ask by ARP
     assert not pings("g3", a2["PrivateIpAddress"]) and not pings("g3", a1["PrivateIpAddress"])
 
