@@ -165,3 +165,21 @@ def private_libvirtd(libvirtd: str) -> Iterator[daemons.PrivateLibvirtd]:
     yield private
     private.stop()
     shutil.rmtree(private.root.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def libvirtd_in(libvirtd: str) -> Iterator[Callable[[str], daemons.PrivateLibvirtd]]:
+    """Start a libvirtd of the test's own inside a host of the test bed (a network
+    namespace): its guests' taps are made there, on that host's bridges."""
+    started: list[daemons.PrivateLibvirtd] = []
+
+    def start(netns: str) -> daemons.PrivateLibvirtd:
+        private = daemons.PrivateLibvirtd(_workdir(), netns)
+        started.append(private)
+        private.start()
+        return private
+
+    yield start
+    for private in started:
+        private.stop()
+        shutil.rmtree(private.root.parent, ignore_errors=True)

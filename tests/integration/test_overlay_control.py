@@ -19,7 +19,7 @@ import pytest
 from mallee.clc.instances import mac_of
 from mallee.common import host
 from mallee.nc.service import tap_name
-from tests.support.cluster import SMALL, blank_image, fake_node, iid, register
+from tests.support.cluster import SMALL, blank_image, fake_node, iid, node_of, register
 from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon
 from tests.support.guest import wait_until
 from tests.support.hosts import (
@@ -325,9 +325,9 @@ def test_a_users_instances_reach_each_other_across_workers_and_no_one_elses(
     assert _vlan(a1) == _vlan(a2) and _vlan(b1) != _vlan(a1)
 
     for guest, instance in zip(("g1", "g2", "g3"), launched, strict=True):
-        address = plug_in(guest, ncs[_node_of(cc, instance["InstanceId"])], instance, tmp_path)
+        address = plug_in(guest, ncs[node_of(cc, instance["InstanceId"])], instance, tmp_path)
         assert address == instance["PrivateIpAddress"]  # the CC's DHCP, the CLC's address
-    assert ncs[_node_of(cc, a1["InstanceId"])] == ncs[_node_of(cc, b1["InstanceId"])]
+    assert ncs[node_of(cc, a1["InstanceId"])] == ncs[node_of(cc, b1["InstanceId"])]
 
     with counting(ns("g3"), {"alice": f"ether saddr {mac_of(a1['PrivateIpAddress'])}"}) as seen:
         assert pings("g1", a2["PrivateIpAddress"], count=3)  # alice's, across the workers
@@ -364,13 +364,6 @@ def plug_in(guest: str, worker: str, instance: dict[str, Any], workdir: Path) ->
 def _vlan(instance: dict[str, Any]) -> int:
     """An instance's VLAN: slice N of the test's private subnet is VLAN N's."""
     return int(instance["PrivateIpAddress"].split(".")[2])
-
-
-def _node_of(cc: CcDaemon, instance_id: str) -> str:
-    [view] = cc.client.call("GET", "/v1/instances", params={"instance_id": instance_id})[
-        "instances"
-    ]
-    return str(view["node"])
 
 
 @pytest.fixture

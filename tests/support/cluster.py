@@ -93,3 +93,11 @@ def counts(cc: CcDaemon, *vms: dict[str, Any]) -> dict[str, tuple[int, int]]:
 
 def iid(n: int) -> str:
     return f"i-{n:017x}"
+
+
+def node_of(cc: CcDaemon, instance_id: str) -> str:
+    """The node the CC placed ``instance_id`` on."""
+    [view] = cc.client.call("GET", "/v1/instances", params={"instance_id": instance_id})[
+        "instances"
+    ]
+    return str(view["node"])

@@ -82,7 +82,8 @@ class PrivateLibvirtd:
     /var/lib/libvirt and /var/cache/libvirt are folders of the test, and its URI names
     its socket."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, netns: str = "") -> None:
+        self.netns = netns  # a host of the test bed it runs in: its guests' taps are there
         self.root = workdir / "libvirtd"
         self.uri = f"qemu:///system?socket={self.root}/run/libvirt-sock"
         self.log = self.root / "libvirtd.log"
@@ -96,9 +97,10 @@ class PrivateLibvirtd:
         pidfile = self.root / "virtlogd.pid"  # virtlogd outlives a killed libvirtd
         script += f"kill -0 $(cat {pidfile} 2>/dev/null) 2>/dev/null || virtlogd -d -p {pidfile}; "
         script += f"exec libvirtd -p {self.root}/libvirtd.pid"
+        in_netns = ["ip", "netns", "exec", self.netns] if self.netns else []
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+                [*in_netns, "unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
