@@ -77,7 +77,8 @@ def end_stale(directory: Path) -> None:
 
 class DhcpServer:
     """dnsmasq on ``interface``, whose ``network`` it serves with ``router`` as the
-    gateway, naming ``dns`` servers and an interface ``mtu`` if given."""
+    gateway (none if ""), naming ``dns`` servers, an interface ``mtu`` and ``routes``
+    (destination → gateway, option 121) if given."""
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class DhcpServer:
         router: str,
         dns: list[str],
         mtu: int | None = None,
+        routes: dict[str, str] | None = None,
     ) -> None:
         self.directory = directory
         self.interface = interface
@@ -94,6 +96,7 @@ class DhcpServer:
         self.router = router
         self.dns = dns
         self.mtu = mtu
+        self.routes = routes or {}
         self.hosts_file = directory / HOSTS_FILE
         self.lease_file = directory / "leases"
         self.pid_file = directory / PID_FILE
@@ -115,13 +118,19 @@ class DhcpServer:
             f"--interface={self.interface}",
             "--except-interface=lo",
             f"--dhcp-range=set:net,{network.network},static,{network.netmask},{LEASE_S}",
-            f"--dhcp-option=tag:net,option:router,{self.router}",
             f"--dhcp-hostsfile={self.hosts_file}",
             f"--dhcp-leasefile={self.lease_file}",
             f"--pid-file={self.pid_file}",
             f"--log-facility={self.directory / 'dnsmasq.log'}",
             "--log-dhcp",
         ]
+        # no router: the option given empty, else dnsmasq names its own address
+        command.append(
+            f"--dhcp-option=tag:net,option:router{',' if self.router else ''}{self.router}"
+        )
+        if self.routes:  # sent unasked: not every client asks for option 121
+            routes = ",".join(f"{to},{via}" for to, via in sorted(self.routes.items()))
+            command.append(f"--dhcp-option-force=tag:net,option:classless-static-route,{routes}")
         if self.dns:
             command.append(f"--dhcp-option=tag:net,option:dns-server,{','.join(self.dns)}")
         if self.mtu:

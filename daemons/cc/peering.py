@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection
+from pathlib import Path
 
 import netaddr
 
@@ -59,8 +60,9 @@ class ClusterPeering:
         self.peers = sorted(peers)
         self.subnet = netaddr.IPNetwork(subnet)
         self.slice_prefix = slice_prefix
-        self.table = nftables.table_name("cc_peering", local)
-        self._guarded: bool | None = None  # unknown until the first guard()
+        self.guard = nftables.HeldTable(
+            FAMILY, nftables.table_name("cc_peering", local), self._contents
+        )
 
     def join(self, vlan: int, bridge: str) -> None:
         self.overlay.join(vlan, bridge, self.peers)
@@ -68,17 +70,11 @@ class ClusterPeering:
     def leave(self, vlan: int) -> None:
         self.overlay.leave(vlan)
 
-    def guard(self, on: bool) -> None:
-        """Keep routers' ARP and DHCP from crossing to the peers (``on``: while this CC
-        carries any VLAN), or remove the table. The first call writes it either way:
-        a CC killed before left it as it was then."""
-        if self._guarded == on:
-            return
-        if on:
-            nftables.apply(nftables.replace_table(FAMILY, self.table, self._contents()))
-        else:
-            nftables.apply(nftables.remove_table(FAMILY, self.table))
-        self._guarded = on
+    def joined(self) -> bool:
+        """Whether a VLAN of this host still reaches the peers (its guard must stay)."""
+        return any(
+            link.name[len(PREFIX) :].isdigit() for link in Path("/sys/class/net").glob(f"{PREFIX}*")
+        )
 
     def _contents(self) -> list[nftables.Command]:
         host_bits = str(netaddr.IPAddress((1 << (32 - self.slice_prefix)) - 1))
@@ -93,7 +89,7 @@ class ClusterPeering:
                     "add": {
                         "chain": {
                             "family": FAMILY,
-                            "table": self.table,
+                            "table": self.guard.name,
                             "name": chain,
                             "type": "filter",
                             "hook": hook,
@@ -111,7 +107,7 @@ class ClusterPeering:
                 ],
                 [match(field("udp", "dport"), {"set": [67, 68]})],  # DHCP
             ):
-                rule = {"family": FAMILY, "table": self.table, "chain": chain}
+                rule = {"family": FAMILY, "table": self.guard.name, "chain": chain}
                 commands.append(
                     {"add": {"rule": {**rule, "expr": [peer_device, *expr, {"drop": None}]}}}
                 )

@@ -6,11 +6,13 @@ Per VLAN the CC has a bridge (``mlcc<vlan>``) joined to the overlay like a node'
 (VXLAN ``mlcx<vlan>``, flooding to the nodes carrying the VLAN; VDE: a tap ``mlcd<vlan>``
 on the CC's switch, whose wires to those nodes carry the VLAN), the slice's router
 address on it (its first host address), and a dnsmasq serving exactly the private
-(MAC, address) pairs of the VLAN's instances, with the overlay's MTU (the underlay's
-less VXLAN's 50 bytes) in its answers, so that instances never send frames the overlay
-would have to fragment. With peers in other clusters (peering.py), each VLAN's bridge
-is joined to theirs too. A VLAN no node carries any more is taken down whole. An
-orderly CC stop ends the dnsmasqs; the bridges stay for the instances that run on.
+(MAC, address) pairs of the VLAN's instances, with the overlay's MTU in its answers
+(VXLAN: the underlay's less 50 bytes), so that instances never send frames the overlay
+would have to fragment, and a route to the metadata service through the router (no
+default route: the public NIC has that). With peers in other clusters (peering.py),
+each VLAN's bridge is joined to theirs too. A VLAN no node carries any more is taken
+down whole. An orderly CC stop ends the dnsmasqs (and VDE's switch); the bridges stay
+for the instances that run on.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from pyroute2 import IPRoute
 from mallee.cc.addresses import AddressPair
 from mallee.cc.dhcp import DhcpServer, end_stale
 from mallee.cc.peering import ClusterPeering
-from mallee.common import slices
+from mallee.cc.router import METADATA_IP
+from mallee.common import nftables, slices
 from mallee.common.networks import Networks
+from mallee.common.nftables import field, match, meta
 from mallee.common.overlay import Overlay
 
 logger = logging.getLogger(__name__)
@@ -47,9 +51,15 @@ class PrivateNetworks:
         subnet: str,
         slice_prefix: int,
         peering: ClusterPeering | None = None,
+        metadata: tuple[str, int] | None = None,
     ) -> None:
         self.directory = directory
         self.peering = peering
+        self.metadata = metadata
+        # the redirect of 169.254.169.254 on the VLAN bridges, while there is one
+        self.redirect = nftables.HeldTable(
+            "ip", nftables.table_name("cc_vlans", overlay.local), self._redirect
+        )
         self.overlay = overlay
         self.networks = Networks(BRIDGE_PREFIX, self.overlay)
         self.subnet = subnet
@@ -66,7 +76,9 @@ class PrivateNetworks:
         by one before it, are taken down."""
         with self._lock:
             if self.peering is not None and wanted:
-                self.peering.guard(True)  # before any VLAN reaches a peer
+                self.peering.guard.hold(True)  # before any VLAN reaches a peer
+            if self.metadata is not None:
+                self.redirect.hold(bool(wanted))
             for vlan, (peers, pairs) in sorted(wanted.items()):
                 carried = (frozenset(peers), frozenset(pairs))
                 if self._carried.get(vlan) == carried and self.networks.is_started(vlan):
@@ -74,8 +86,8 @@ class PrivateNetworks:
                 self._each(vlan, "carried", partial(self._carry, vlan, *carried))
             for vlan in sorted((set(self.networks.vlans()) | set(self._dhcp)) - set(wanted)):
                 self._each(vlan, "taken down", partial(self._drop, vlan))
-            if self.peering is not None and not wanted:
-                self.peering.guard(False)
+            if self.peering is not None and not wanted and not self.peering.joined():
+                self.peering.guard.hold(False)
             for dhcp in self._dhcp.values():
                 dhcp.ensure_running()
             self.networks.ensure()
@@ -105,12 +117,39 @@ class PrivateNetworks:
                 ipr.addr("add", index=index, address=router, prefixlen=self.slice_prefix)
         dhcp = self._dhcp.get(vlan)
         if dhcp is None:
-            dhcp = DhcpServer(self.directory / str(vlan), bridge, piece, router, [], mtu=self.mtu())
+            # no default route (the public NIC has it): only the metadata's, through here
+            routes = {f"{METADATA_IP}/32": router} if self.metadata else {}
+            dhcp = DhcpServer(self.directory / str(vlan), bridge, piece, "", [], self.mtu(), routes)
             dhcp.start(pairs)
             self._dhcp[vlan] = dhcp
         else:
             dhcp.serve(pairs)
         self._carried[vlan] = (frozenset(peers), frozenset(pairs))
+
+    def _redirect(self) -> list[nftables.Command]:
+        """169.254.169.254:80 from any VLAN to the CLC's metadata service, keeping the
+        instance's (private, cloud-wide unique) address as the source."""
+        assert self.metadata is not None
+        address, port = self.metadata
+        table = {"family": "ip", "table": self.redirect.name}
+        dstnat = {"type": "nat", "hook": "prerouting", "prio": -100}
+        return [
+            {"add": {"chain": {**table, "name": "prerouting", **dstnat}}},
+            {
+                "add": {
+                    "rule": {
+                        **table,
+                        "chain": "prerouting",
+                        "expr": [
+                            match(meta("iifname"), f"{BRIDGE_PREFIX}*"),
+                            match(field("ip", "daddr"), METADATA_IP),
+                            match(field("tcp", "dport"), 80),
+                            {"dnat": {"addr": address, "port": port}},
+                        ],
+                    }
+                }
+            },
+        ]
 
     def mtu(self) -> int:
         """What instances may send: the least of this cluster's overlay and the
@@ -134,6 +173,7 @@ class PrivateNetworks:
         logger.info("VLAN %d: no node carries it any more; taken down", vlan)
 
     def stop(self) -> None:
-        for dhcp in self._dhcp.values():
-            dhcp.stop()
-        self.overlay.stop()
+        with self._lock:
+            for dhcp in self._dhcp.values():
+                dhcp.stop()
+            self.overlay.stop()

@@ -12,6 +12,7 @@ changes nothing a caller sees.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mallee.cc import privatenet, scheduler, vlans
 from mallee.cc.addresses import AddressPair
@@ -31,6 +33,7 @@ from mallee.cc.peering import ClusterPeering, peering_problem
 from mallee.cc.privatenet import PrivateNetworks
 from mallee.cc.publicnet import ElasticAddressNotFound, NoPublicNetwork, PublicNetwork
 from mallee.cc.registry import NodeRegistry
+from mallee.cc.router import metadata_target
 from mallee.cc.vlans import OverlayControl
 from mallee.common import slices
 from mallee.common.capacity import VmType
@@ -103,7 +106,8 @@ class ClusterController:
         self._started = time.monotonic()
         # Every setting is checked before anything starts (a dnsmasq, a table).
         self.policy = scheduler.policy(config.scheduler)
-        self.private = _private_networks(config, tls_files)  # None without an overlay
+        # None without an overlay
+        self.private = _private_networks(config, tls_files, self._certified_name)
         self.registry = NodeRegistry(Path(config.state_dir) / "cc.db")
         self.groups = GroupStore(Path(config.state_dir) / "cc.db")
         self.public = PublicNetwork.from_config(config)  # None in SYSTEM mode
@@ -259,7 +263,7 @@ class ClusterController:
             changed = report != state.instances
             state.instances = report
             state.most, state.available = resource.maximum, resource.available
-            state.overlay_address = resource.overlay_address
+            state.overlay_address = _underlay_address(name, resource.overlay_address)
             for r in [r for r in self._reservations.values() if r.node == name]:
                 reported = r.instance_id in report
                 vanished = r.dispatched_at is not None and started > r.dispatched_at
@@ -657,6 +661,15 @@ class ClusterController:
 
     # -- the private overlay ------------------------------------------------------------
 
+    def _certified_name(self, address: str) -> str:
+        """The name the certificate of the node at underlay ``address`` shows: its API
+        URL's host, which polling already checks it against."""
+        with self._lock:
+            for state in self._nodes.values():
+                if state.overlay_address == address:
+                    return urlsplit(state.node.url).hostname or address
+        return address
+
     def _carry_vlans(self, must: tuple[str, int] | None = None) -> None:
         """Tell the nodes which VLANs they carry and their peers (vlans.py), and carry
         them here as their router and DHCP server (privatenet.py); with ``must``, that
@@ -691,8 +704,8 @@ class ClusterController:
                     pairs[vlan].add(pair)
                 try:
                     self.private.apply({v: (peers, pairs[v]) for v, peers in mine.items()})
-                except MalleeError as e:
-                    logger.error("private networks not carried here: %s", e.message)
+                except Exception:  # the next poll tries again; dispatches go on
+                    logger.exception("private networks not carried here")
         if must is not None and must[0] in failed:
             raise failed[must[0]]
 
@@ -810,6 +823,16 @@ def _forget_group(client: NcClient, group_id: str) -> None:
         raise
 
 
+def _underlay_address(node: str, said: str) -> str:
+    """A node's overlay address as it said it, if it is an IPv4 address ("" if not:
+    it goes into flood entries and wire commands)."""
+    try:
+        return str(ipaddress.IPv4Address(said)) if said else ""
+    except ValueError:
+        logger.warning("node %s reports overlay address %r, not an IPv4 address", node, said)
+        return ""
+
+
 def _private_nic(net: dict[str, Any]) -> tuple[int, AddressPair] | None:
     """The VLAN and the (address, MAC) of an instance's private NIC, if it has one."""
     if not (net.get("private_mac") and net.get("vlan")):
@@ -817,13 +840,15 @@ def _private_nic(net: dict[str, Any]) -> tuple[int, AddressPair] | None:
     return net["vlan"], AddressPair(net.get("private_ip") or "", net["private_mac"].lower())
 
 
-def _private_networks(config: CcConfig, tls_files: ClientTLS | None) -> PrivateNetworks | None:
+def _private_networks(
+    config: CcConfig, tls_files: ClientTLS | None, certified_name: Callable[[str], str]
+) -> PrivateNetworks | None:
     """The CC's side of the private overlay, as ``[cc]`` asks; None without one."""
     if problem := overlay_problem("cc", config.overlay, config.overlay_address):
         raise ConfigError(problem)
     if not config.overlay:
         if config.overlay_peers:
-            raise ConfigError('[cc] overlay_peers needs an overlay: set overlay = "vxlan"')
+            raise ConfigError('[cc] overlay_peers needs an overlay: "vxlan" or "vde"')
         return None
     if not config.private_subnet:
         raise ConfigError(
@@ -846,13 +871,20 @@ def _private_networks(config: CcConfig, tls_files: ClientTLS | None) -> PrivateN
     state = Path(config.state_dir) / "vlans"
     overlay: Overlay = VxlanOverlay(config.overlay_address, prefix=privatenet.VXLAN_PREFIX)
     if config.overlay == "vde":
+        if tls_files is None:
+            raise ConfigError(
+                '[cc] overlay = "vde" needs [common] tls = true: a wire is a trunk into a'
+                " node's VLANs, and must not be open to anyone who reaches it"
+            )
         overlay = VdeOverlay(
             Path(config.state_dir) / "vde",
             config.overlay_address,
             tls_files,
             dials=True,
             prefix=privatenet.VDE_PREFIX,
+            peer_name=certified_name,
         )
+    metadata = metadata_target(config.metadata_address) if config.metadata_address else None
     return PrivateNetworks(
-        state, overlay, config.private_subnet, config.private_slice_prefix, peering
+        state, overlay, config.private_subnet, config.private_slice_prefix, peering, metadata
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from mallee.common import host
@@ -66,3 +67,24 @@ def remove_table(family: str, name: str) -> list[Command]:
     """The commands that remove table ``family name`` if it exists."""
     table = {"family": family, "name": name}
     return [{"add": {"table": table}}, {"delete": {"table": table}}]
+
+
+class HeldTable:
+    """A table of a daemon's that is there exactly while something needs it: written
+    whole (``contents``) when first held, removed when let go. The first call writes or
+    removes it either way, since a daemon killed before left it as it was then."""
+
+    def __init__(self, family: str, name: str, contents: Callable[[], list[Command]]) -> None:
+        self.family = family
+        self.name = name
+        self.contents = contents
+        self._held: bool | None = None  # unknown until the first hold()
+
+    def hold(self, needed: bool) -> None:
+        if self._held == needed:
+            return
+        if needed:
+            apply(replace_table(self.family, self.name, self.contents()))
+        else:
+            apply(remove_table(self.family, self.name))
+        self._held = needed

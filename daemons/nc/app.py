@@ -32,6 +32,11 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
         raise RefusedToStart(problem)
     if problem := overlay_problem("nc", nc_config.overlay, nc_config.overlay_address):
         raise RefusedToStart(problem)
+    if nc_config.overlay == "vde" and not common.tls:
+        raise RefusedToStart(
+            '[nc] overlay = "vde" needs [common] tls = true: its wire is a trunk into this'
+            " node's VLANs, and must not be open to anyone who reaches it"
+        )
     image_tls = (
         rpc.ClientTLS(common.ca_cert, nc_config.tls_cert, nc_config.tls_key) if common.tls else None
     )
@@ -40,7 +45,8 @@ def create_app(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> flas
     rpc.init_app(app, OpenApiSpec(OPENAPI), common.tls)
     rpc.register_blueprint(app, api.bp, roles=nc_config.allowed_clients)
     Periodic("nc-monitor", nc_config.monitor_interval_s, nc.reconcile).start()
-    if nc.networks.overlay is not None:  # VDE's processes started again if they die
-        atexit.register(nc.networks.overlay.stop)  # an orderly exit ends them
+    if nc_config.overlay == "vde" and nc.networks.overlay is not None:
+        atexit.register(nc.networks.overlay.stop)  # an orderly exit ends its processes
+        # which are started again if they die
         Periodic("nc-overlay", nc_config.monitor_interval_s, nc.networks.ensure).start()
     return app

@@ -37,7 +37,7 @@ class NcConfig(DaemonConfig):
     public_bridge: str = ""
     private_bridge_prefix: str = "mlvlan"
     # The private overlay (etc/mallee.conf.example): "" (none: a VLAN's bridge reaches
-    # this host's instances only) or "vxlan", from this host's address overlay_address.
+    # this host's instances only), "vxlan" or "vde", at this host's overlay_address.
     overlay: str = ""
     overlay_address: str = ""
     monitor_interval_s: float = 5.0

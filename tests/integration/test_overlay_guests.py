@@ -1,8 +1,9 @@
 """Real TCG guests of the tiny image on the private overlay: two worker hosts (network
 namespaces), each with its own libvirtd and `mallee-nc`, the CC and CLC on the test's
 own namespace, over each backend. The guests take their private addresses from the
-CC's DHCP across the overlay and reach each other; an NC killed with its guest running
-and started again leaves the guest as it was, reachable."""
+CC's DHCP across the overlay, reach the CLC's metadata service through the VLAN's
+router, and reach each other; an NC killed with its guest running and started again
+leaves the guest as it was, reachable."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import node_of, register
-from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon, PrivateLibvirtd
+from tests.support.daemons import (
+    TEST_BED_HERE,
+    CcDaemon,
+    ClcDaemon,
+    NcDaemon,
+    PrivateLibvirtd,
+    free_port,
+)
 from tests.support.guest import MARKER, GuestImage, GuestShell, wait_until
 from tests.support.hosts import namespaces, ns, underlay
 
@@ -68,29 +76,44 @@ def test_guests_on_two_workers_reach_each_other_and_an_nc_restart_keeps_it_so(
         for w, address in workers.items()
     }
     worker_of = {nc.name: w for w, nc in ncs.items()}
+    metadata_port = free_port()
     cc = cc_factory(
         scheduler="round-robin",
         overlay=backend,
         overlay_address=TEST_BED_HERE,
         private_subnet=SUBNET,
+        metadata_address=f"{TEST_BED_HERE}:{metadata_port}",
     )
     register(cc, *ncs.values())
     clc = clc_factory(
-        address=TEST_BED_HERE, private_slice_prefix=24, instance_quota=0, private_subnet=SUBNET
+        address=TEST_BED_HERE,
+        private_slice_prefix=24,
+        instance_quota=0,
+        private_subnet=SUBNET,
+        metadata_port=metadata_port,
     )
     clc.admin("cluster", "add", "zone-a", cc.url)
     emi = clc.add_image("ttylinux", guest.directory)
     alice = clc.ec2("alice")
-    ran = alice.run_instances(ImageId=emi, MinCount=2, MaxCount=2)["Instances"]
+    alice.create_key_pair(KeyName="mine")
+    ran = alice.run_instances(
+        ImageId=emi, MinCount=2, MaxCount=2, KeyName="mine", UserData="echo hello"
+    )["Instances"]
     ids = [r["InstanceId"] for r in ran]
     alice.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=WAIT)
     [reservation] = alice.describe_instances(InstanceIds=ids)["Reservations"]
     address = {i["InstanceId"]: i["PrivateIpAddress"] for i in reservation["Instances"]}
     on = {i: worker_of[node_of(cc, i)] for i in ids}
     assert sorted(on.values()) == ["w1", "w2"]  # one guest per worker
-    for instance_id in ids:  # the private NIC's address: the CC's DHCP, the CLC's choice
+    for instance_id in ids:
         output = console(alice, instance_id)
+        # the private NIC's address: the CC's DHCP, the CLC's choice
         assert f"mallee-guest: ip eth1 {address[instance_id]}" in output, output
+        # the metadata service, through the VLAN's router (the CC): the CLC, knowing
+        # the guest by its private address, answers with its own id, key and user-data
+        assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
+        assert "mallee-guest: metadata ssh key installed" in output, output
+        assert "mallee-guest: user-data 10 bytes" in output, output
 
     first, second = ids
     shell = GuestShell(libvirtds[on[first]].uri, first)

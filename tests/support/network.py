@@ -261,21 +261,25 @@ def dropped(netns: str, address: str, port: int, timeout_s: float = 1.0) -> bool
 
 
 @contextmanager
-def counting(netns: str, matches: dict[str, str]) -> Iterator[Callable[[str], int]]:
-    """Counters of the packets arriving in ``netns`` that match each of ``matches``
-    (name: an nft match, e.g. "ether saddr d0:0d:0a:00:00:02"): a function of a name
-    giving its count so far. Sees what arrives, whatever the receiver then does."""
+def counting(
+    netns: str, matches: dict[str, str], family: str = "inet"
+) -> Iterator[Callable[[str], int]]:
+    """Counters of the packets arriving in ``netns`` (``""``: the test's own namespace)
+    that match each of ``matches`` (name: an nft match, e.g. "ether saddr
+    d0:0d:0a:00:00:02"): a function of a name giving its count so far. ``inet``: what
+    arrives, whatever the receiver then does; ``arp``: the ARP this host takes in."""
     table = "mallee_test_seen"
+    hook = "prerouting priority -400" if family == "inet" else "input priority 0"
     rules = "".join(f'    {match} counter comment "{name}"\n' for name, match in matches.items())
     ruleset = (
-        f"table inet {table} {{\n  chain seen {{\n"
-        f"    type filter hook prerouting priority -400;\n{rules}  }}\n}}\n"
+        f"table {family} {table} {{\n  chain seen {{\n"
+        f"    type filter hook {hook};\n{rules}  }}\n}}\n"
     )
-    in_netns = ("ip", "netns", "exec", netns)
+    in_netns = ("ip", "netns", "exec", netns) if netns else ()
     host.run(*in_netns, "nft", "-f", "-", stdin=ruleset)
 
     def count(name: str) -> int:
-        listed = json.loads(host.run(*in_netns, "nft", "-j", "list", "table", "inet", table))
+        listed = json.loads(host.run(*in_netns, "nft", "-j", "list", "table", family, table))
         for item in listed["nftables"]:
             rule = item.get("rule")
             if rule and rule.get("comment") == name:
@@ -285,7 +289,7 @@ def counting(netns: str, matches: dict[str, str]) -> Iterator[Callable[[str], in
     try:
         yield count
     finally:
-        host.run(*in_netns, "nft", "delete", "table", "inet", table)
+        host.run(*in_netns, "nft", "delete", "table", family, table)
 
 
 def echoes(connection: socket.socket) -> bool:
