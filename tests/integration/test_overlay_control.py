@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from mallee.clc.instances import mac_of
 from mallee.nc.service import tap_name
 from tests.support.cluster import SMALL, blank_image, fake_node, iid, node_of, register
-from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon
+from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon, pids_of
 from tests.support.guest import wait_until
 from tests.support.hosts import (
     attach,
@@ -251,7 +250,7 @@ def test_vde_processes_that_die_are_started_again_and_end_with_their_daemon(
     assert pings("g1", "10.200.10.12", count=3)  # w1 → the CC's switch → w2
 
     def switches(folder: Path) -> list[int]:
-        return _pids(f"vde_switch --sock {folder}/")
+        return pids_of(f"vde_switch --sock {folder}/")
 
     def across() -> bool:
         return pings("g1", "10.200.10.12")
@@ -265,22 +264,16 @@ def test_vde_processes_that_die_are_started_again_and_end_with_their_daemon(
     [cc_switch] = switches(cc_vde)
     cc.kill9()
     wait_until(lambda: not switches(cc_vde), 10, "the killed CC's switch to end with it")
-    wait_until(lambda: not _pids(f"vde://{cc_vde}/"), 10, "its wires and taps to end too")
+    wait_until(lambda: not pids_of(f"vde://{cc_vde}/"), 10, "its wires and taps to end too")
     cc.start()
     wait_until(across, 30, "the restarted CC to rebuild its switch and dial again")
     assert len(switches(cc_vde)) == 1 and switches(cc_vde) != [cc_switch]
 
     cc.stop()
-    assert not _pids(f"vde://{cc_vde}/") and not switches(cc_vde)
+    assert not pids_of(f"vde://{cc_vde}/") and not switches(cc_vde)
     for nc in ncs:
         nc.stop()
-        assert not _pids(f"{nc.instance_dir}/")  # its switch, tap and listener
-
-
-def _pids(pattern: str) -> list[int]:
-    """The pids of processes whose command line holds ``pattern``."""
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
-    return [int(pid) for pid in found.stdout.split()]
+        assert not pids_of(f"{nc.instance_dir}/")  # its switch, tap and listener
 
 
 def _cmdline(pid: int) -> str:

@@ -7,7 +7,6 @@ leaves the guest as it was, reachable."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.support.daemons import (
     NcDaemon,
     PrivateLibvirtd,
     free_port,
+    pids_of,
 )
 from tests.support.guest import MARKER, GuestImage, GuestShell, wait_until
 from tests.support.hosts import namespaces, ns, underlay
@@ -131,13 +131,7 @@ def test_guests_on_two_workers_reach_each_other_and_an_nc_restart_keeps_it_so(
             f"{first} to reach {second} again after its NC's restart",
         )
         if backend == "vde":  # the restarted NC's switch, and no other
-            switches = subprocess.run(
-                ["pgrep", "-f", f"vde_switch --sock {nc.instance_dir}/"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.split()
-            assert len(switches) == 1
+            assert len(pids_of(f"vde_switch --sock {nc.instance_dir}/")) == 1
     finally:
         shell.close()
     states = alice.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]

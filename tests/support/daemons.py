@@ -189,6 +189,12 @@ def checked_client(
     return client
 
 
+def pids_of(pattern: str) -> list[int]:
+    """The pids of processes whose command line matches ``pattern`` (pgrep -f)."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in found.stdout.split()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -407,13 +413,7 @@ class CcDaemon(Daemon):
     def dnsmasq(self) -> list[int]:
         """The pids of this CC's dnsmasqs, its public network's and its VLANs' (their
         command lines name the CC's state folder)."""
-        found = subprocess.run(
-            ["pgrep", "-f", f"dnsmasq .*--dhcp-hostsfile={self.state_dir}/"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return [int(pid) for pid in found.stdout.split()]
+        return pids_of(f"dnsmasq .*--dhcp-hostsfile={self.state_dir}/")
 
     def cleanup(self) -> None:
         """After a test: stop the daemon, end a dnsmasq a killed one left, and remove
