@@ -7,6 +7,7 @@ leaves the guest as it was, reachable."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -46,6 +47,14 @@ def console(ec2: Any, instance_id: str) -> str:
 
     wait_until(booted, 300, f"{MARKER} on the console of {instance_id}")
     return output
+
+
+def read(shell: GuestShell, command: str, line: str) -> str:
+    """What ``command`` printed in the guest: its one output line matching ``line``
+    (the console also echoes what was typed)."""
+    _, said = shell.run(command)
+    [found] = re.findall(rf"^({line})\r?$", said, re.MULTILINE)
+    return str(found)
 
 
 def reaches(shell: GuestShell, address: str) -> bool:
@@ -136,3 +145,96 @@ def test_guests_on_two_workers_reach_each_other_and_an_nc_restart_keeps_it_so(
         shell.close()
     states = alice.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]
     assert {i["State"]["Name"] for i in states} == {"running"}
+
+
+def test_users_are_apart_on_one_worker_and_a_guest_that_spoofs_reaches_no_one(
+    workers: dict[str, str],
+    libvirtd_in: Callable[[str], PrivateLibvirtd],
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    clc_factory: Callable[..., ClcDaemon],
+    guest: GuestImage,
+) -> None:
+    """Alice's two guests on two workers, bob's beside the first: bob's reaches neither
+    of alice's and receives not one frame of theirs (his NIC's own counters); alice's
+    guest, once it takes another address or another MAC, reaches her other guest no
+    more, and does again with its own."""
+    libvirtds = {w: libvirtd_in(ns(w)) for w in workers}
+    ncs = {
+        w: nc_factory(
+            libvirt_uri=libvirtds[w].uri,
+            netns=ns(w),
+            address=address,
+            public_bridge="user",
+            overlay="vxlan",
+            overlay_address=address,
+        )
+        for w, address in workers.items()
+    }
+    worker_of = {nc.name: w for w, nc in ncs.items()}
+    cc = cc_factory(
+        scheduler="round-robin",
+        overlay="vxlan",
+        overlay_address=TEST_BED_HERE,
+        private_subnet=SUBNET,
+    )
+    register(cc, *ncs.values())
+    clc = clc_factory(
+        address=TEST_BED_HERE, private_slice_prefix=24, instance_quota=0, private_subnet=SUBNET
+    )
+    clc.admin("cluster", "add", "zone-a", cc.url)
+    emi = clc.add_image("ttylinux", guest.directory)
+    alice, bob = clc.ec2("alice"), clc.ec2("bob")
+    ids = [
+        r["InstanceId"]
+        for r in alice.run_instances(ImageId=emi, MinCount=2, MaxCount=2)["Instances"]
+    ]
+    [bobs] = [
+        r["InstanceId"] for r in bob.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
+    ]
+    for ec2, mine in ((alice, ids), (bob, [bobs])):
+        ec2.get_waiter("instance_running").wait(InstanceIds=mine, WaiterConfig=WAIT)
+        for instance_id in mine:
+            console(ec2, instance_id)
+    described = {
+        i["InstanceId"]: i
+        for ec2, mine in ((alice, ids), (bob, [bobs]))
+        for r in ec2.describe_instances(InstanceIds=mine)["Reservations"]
+        for i in r["Instances"]
+    }
+    on = {i: worker_of[node_of(cc, i)] for i in described}
+    first, second = sorted(ids, key=lambda i: on[i])  # on w1, on w2
+    assert (on[first], on[second], on[bobs]) == ("w1", "w2", "w1")
+    address = {i: d["PrivateIpAddress"] for i, d in described.items()}
+
+    alices = GuestShell(libvirtds["w1"].uri, first)
+    bobs_shell = GuestShell(libvirtds["w1"].uri, bobs)
+    try:
+        assert reaches(alices, address[second])
+        bobs_shell.run("ip route add 10.200.0.0/16 dev eth1")  # ask for alice's by ARP
+        assert not reaches(bobs_shell, address[first])  # beside him
+        assert not reaches(bobs_shell, address[second])
+
+        def received() -> int:
+            return int(read(bobs_shell, "cat /sys/class/net/eth1/statistics/rx_packets", r"\d+"))
+
+        before = received()
+        assert alices.run(f"ping -c 5 -i 0.2 {address[second]}")[0] == 0
+        assert alices.run(f"arping -c 2 -I eth1 {address[second]}")[0] == 0  # broadcast
+        assert received() == before  # not one of her frames reached him
+
+        own = f"{address[first]}/24"
+        other = address[first].rsplit(".", 1)[0] + ".200"  # in her slice, not hers
+        alices.run(f"ip addr flush dev eth1 && ip addr add {other}/24 dev eth1")
+        assert not reaches(alices, address[second])
+        alices.run(f"ip addr flush dev eth1 && ip addr add {own} dev eth1")
+        assert reaches(alices, address[second])
+
+        mac = read(alices, "cat /sys/class/net/eth1/address", r"[0-9a-f:]{17}")
+        alices.run("ip link set eth1 address d0:0d:00:00:00:99")
+        assert not reaches(alices, address[second])
+        alices.run(f"ip link set eth1 address {mac}")
+        assert reaches(alices, address[second])
+    finally:
+        alices.close()
+        bobs_shell.close()
