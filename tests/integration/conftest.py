@@ -19,8 +19,9 @@ from tests.support import daemons
 from tests.support import guest as guest_image
 from tests.support import postgres as postgres_server
 from tests.support.cluster import NetworkedCloud, register
-from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, Pki, free_port
+from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon, Pki, free_port
 from tests.support.guest import GuestImage
+from tests.support.hosts import head_link, namespaces, run_in, underlay
 from tests.support.http import serve_directory
 from tests.support.kvm import make_kvm_usable_by_qemu
 from tests.support.network import instance_network
@@ -183,3 +184,20 @@ def libvirtd_in(libvirtd: str) -> Iterator[Callable[[str], daemons.PrivateLibvir
     for private in started:
         private.stop()
         shutil.rmtree(private.root.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def two_clusters() -> Iterator[tuple[str, str]]:
+    """Two clusters whose private networks use the same addresses (seed Figure 2):
+    the first's head node is the test's own namespace, with worker w1 (10.99.0.2); the
+    second's is h2, with worker w3 (10.99.0.2 too). The head nodes share a LAN of their
+    own (10.98.0.1, 10.98.0.2): their addresses there."""
+    with (
+        namespaces("w1", "h2", "w3", "g1", "g2", "g3"),
+        underlay("w1"),
+        underlay("w3", head="h2"),
+        head_link("h2") as heads,
+    ):
+        for worker in ("w1", "w3"):  # to the CLC, on the head nodes' LAN
+            run_in(worker, "ip", "route", "add", "10.98.0.0/24", "via", TEST_BED_HERE)
+        yield heads

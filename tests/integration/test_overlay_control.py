@@ -22,7 +22,6 @@ from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon, 
 from tests.support.guest import wait_until
 from tests.support.hosts import (
     attach,
-    head_link,
     namespaces,
     ns,
     pings,
@@ -356,23 +355,6 @@ def plug_in(guest: str, worker: str, instance: dict[str, Any], workdir: Path) ->
 def _vlan(instance: dict[str, Any]) -> int:
     """An instance's VLAN: slice N of the test's private subnet is VLAN N's."""
     return int(instance["PrivateIpAddress"].split(".")[2])
-
-
-@pytest.fixture
-def two_clusters() -> Iterator[tuple[str, str]]:
-    """Two clusters whose private networks use the same addresses (seed Figure 2):
-    the first's head node is the test's own namespace, with worker w1 (10.99.0.2); the
-    second's is h2, with worker w3 (10.99.0.2 too). The head nodes share a LAN of their
-    own (10.98.0.1, 10.98.0.2): their addresses there."""
-    with (
-        namespaces("w1", "h2", "w3", "g1", "g2", "g3"),
-        underlay("w1"),
-        underlay("w3", head="h2"),
-        head_link("h2") as heads,
-    ):
-        for worker in ("w1", "w3"):  # to the CLC, on the head nodes' LAN
-            run_in(worker, "ip", "route", "add", "10.98.0.0/24", "via", TEST_BED_HERE)
-        yield heads
 
 
 @pytest.mark.parametrize("backend", ["vxlan", "vde"])

@@ -238,3 +238,75 @@ def test_users_are_apart_on_one_worker_and_a_guest_that_spoofs_reaches_no_one(
     finally:
         alices.close()
         bobs_shell.close()
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "vde"])
+def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
+    backend: str,
+    two_clusters: tuple[str, str],
+    libvirtd_in: Callable[[str], PrivateLibvirtd],
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+    clc_factory: Callable[..., ClcDaemon],
+    guest: GuestImage,
+) -> None:
+    """Seed Figure 2 with real guests: a worker in each cluster, both at 10.99.0.2,
+    ``backend`` inside each cluster and VXLAN between the head nodes; alice's guest in
+    each zone takes its address from its own CC and reaches the other."""
+    here, there = two_clusters
+    worker = "10.99.0.2"
+    libvirtds = {w: libvirtd_in(ns(w)) for w in ("w1", "w3")}
+    ncs = {
+        w: nc_factory(
+            libvirt_uri=libvirtds[w].uri,
+            netns=ns(w),
+            address=worker,
+            public_bridge="user",
+            overlay=backend,
+            overlay_address=worker,
+        )
+        for w in libvirtds
+    }
+    overlay = {"overlay": backend, "overlay_address": TEST_BED_HERE, "private_subnet": SUBNET}
+    ccs = {
+        "zone-a": cc_factory(overlay_peers=[there], overlay_peer_address=here, **overlay),
+        "zone-b": cc_factory(
+            netns=ns("h2"),
+            address=there,
+            overlay_peers=[here],
+            overlay_peer_address=there,
+            **overlay,
+        ),
+    }
+    register(ccs["zone-a"], ncs["w1"])
+    register(ccs["zone-b"], ncs["w3"])
+    clc = clc_factory(
+        address=here, private_slice_prefix=24, instance_quota=0, private_subnet=SUBNET
+    )
+    for zone, cc in ccs.items():
+        clc.admin("cluster", "add", zone, cc.url)
+    emi = clc.add_image("ttylinux", guest.directory)
+    alice = clc.ec2("alice")
+    placed = {
+        zone: alice.run_instances(
+            ImageId=emi, MinCount=1, MaxCount=1, Placement={"AvailabilityZone": zone}
+        )["Instances"][0]["InstanceId"]
+        for zone in ccs
+    }
+    ids = list(placed.values())
+    alice.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=WAIT)
+    address = {
+        i["InstanceId"]: i["PrivateIpAddress"]
+        for r in alice.describe_instances(InstanceIds=ids)["Reservations"]
+        for i in r["Instances"]
+    }
+    for instance_id in ids:
+        output = console(alice, instance_id)
+        assert f"mallee-guest: ip eth1 {address[instance_id]}" in output, output
+
+    shell = GuestShell(libvirtds["w1"].uri, placed["zone-a"])
+    try:
+        assert reaches(shell, address[placed["zone-b"]])
+        assert "mtu 1450" in shell.run("ip link show eth1")[1]  # the way between clusters'
+    finally:
+        shell.close()
