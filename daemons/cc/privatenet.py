@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
+import netaddr
 from pyroute2 import IPRoute
 
 from mallee.cc.addresses import AddressPair
@@ -41,6 +42,23 @@ logger = logging.getLogger(__name__)
 BRIDGE_PREFIX = "mlcc"
 VXLAN_PREFIX = "mlcx"
 VDE_PREFIX = "mlcd"  # the taps joining the CC's bridges to its VDE switch
+
+
+def host_overlap(subnet: str) -> str:
+    """An address of this host, not on a bridge of the CC's own, whose network overlaps
+    ``subnet`` (as "ADDRESS/PREFIX on INTERFACE"); "" if none. Routing a VLAN's slice
+    there would take the host's own network away from it."""
+    wanted = netaddr.IPNetwork(subnet)
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for entry in ipr.get_addr(family=socket.AF_INET):
+            name = names.get(entry["index"], "?")
+            if name.startswith(BRIDGE_PREFIX) and name[len(BRIDGE_PREFIX) :].isdigit():
+                continue
+            held = netaddr.IPNetwork(f"{entry.get_attr('IFA_ADDRESS')}/{entry['prefixlen']}")
+            if held.first <= wanted.last and wanted.first <= held.last:
+                return f"{held} on {name}"
+    return ""
 
 
 class PrivateNetworks:

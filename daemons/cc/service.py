@@ -858,6 +858,12 @@ def _private_networks(
         slices.check("cc", config.private_subnet, config.private_slice_prefix)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if clash := privatenet.host_overlap(config.private_subnet):
+        raise ConfigError(
+            f"[cc] private_subnet: {config.private_subnet} overlaps {clash}; the CC routes"
+            " each VLAN's slice of it on this host, so choose one this host's networks do"
+            " not use (in [clc] too)"
+        )
     if problem := peering_problem(config.overlay_peer_address, config.overlay_peers):
         raise ConfigError(problem)
     peering = None

@@ -33,13 +33,29 @@ def pool(entries: list[str]) -> Iterator[str]:
             yield from (str(a) for a in (network.hosts() if network.prefixlen < 31 else network))
 
 
-def check_pool(entries: list[str]) -> None:
-    """Refuse a pool the config gives wrongly, naming the entry, at start."""
+def check_pool(entries: list[str], private_subnet: str) -> None:
+    """Refuse a pool the config gives wrongly, naming the entry, at start: malformed,
+    or overlapping the instances' private addresses (an elastic address must never be
+    one of them, or the CC's translations would catch instances' own traffic)."""
+    try:
+        private = ipaddress.IPv4Network(private_subnet, strict=False)
+    except ValueError as e:
+        raise ValueError(f"[clc] private_subnet: {private_subnet!r}: {e}") from None
     for entry in entries:
         try:
-            next(pool([entry]), None)
+            first = next(pool([entry]), None)
+            if "-" in entry:
+                low, high = (ipaddress.IPv4Address(a.strip()) for a in entry.split("-", 1))
+            else:
+                network = ipaddress.IPv4Network(entry, strict=False)
+                low, high = network[0], network[-1]
         except ValueError as e:
             raise ValueError(f"[clc] public_addresses: {entry!r}: {e}") from None
+        if first is not None and low <= private[-1] and private[0] <= high:
+            raise ValueError(
+                f"[clc] public_addresses: {entry!r} overlaps private_subnet {private}: elastic"
+                " addresses must lie outside the instances' private addresses"
+            )
 
 
 def allocate(db: Session, caller: Caller, entries: list[str]) -> ElasticAddress:

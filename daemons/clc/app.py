@@ -58,7 +58,7 @@ def build_cloud(
 ) -> Cloud:
     """What the EC2 actions work with; VmControl's poll is not started here."""
     catalog = clc_config.catalog()
-    addresses.check_pool(clc_config.public_addresses)
+    addresses.check_pool(clc_config.public_addresses, clc_config.private_subnet)
     if clc_config.private_slice_prefix:
         slices.check("clc", clc_config.private_subnet, clc_config.private_slice_prefix)
     vmcontrol = VmControl(sessions, clc_config, catalog, cc_client, image_url, metrics)

@@ -520,9 +520,13 @@ OVERLAY = {"overlay": "vxlan", "overlay_address": "127.0.0.1", "private_subnet":
             {**OVERLAY, "overlay_peers": ["10.98.0.2"], "overlay_peer_address": "10.98.0.1"},
             r"overlay_peer_address: 10.98.0.1 is not an address of this host",
         ),
+        (  # this host's loopback network: the CC would route slices of it
+            {**OVERLAY, "private_subnet": "127.0.0.0/16"},
+            r"private_subnet: 127.0.0.0/16 overlaps 127.0.0.1/8 on lo",
+        ),
     ],
 )
-def test_peering_keys_that_cannot_work_stop_the_cc_at_start(
+def test_overlay_keys_that_cannot_work_stop_the_cc_at_start(
     tmp_path: Path, keys: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):

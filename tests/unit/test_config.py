@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from mallee.cc.config import CcConfig
+from mallee.clc import addresses
 from mallee.clc.config import ClcConfig
 from mallee.common import config
 from mallee.common.server import gunicorn_options
@@ -108,3 +109,20 @@ def test_example_documents_every_key_with_its_default() -> None:
         defaults = cls()
         for key in keys - {"node_name"}:
             assert parsed[name][key] == getattr(defaults, key), f"[{name}] {key}"
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        (["10.200.7.0/24"], r"'10.200.7.0/24' overlaps private_subnet 10.200.0.0/16"),
+        (["10.199.255.250-10.200.0.3"], r"'10.199.255.250-10.200.0.3' overlaps private_subnet"),
+        (["203.0.113.0/33"], r"\[clc\] public_addresses: '203.0.113.0/33'"),
+    ],
+)
+def test_an_elastic_pool_that_cannot_work_is_named(pool: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        addresses.check_pool(pool, "10.200.0.0/16")
+
+
+def test_an_elastic_pool_beside_the_private_subnet_is_fine() -> None:
+    addresses.check_pool(["203.0.113.0/24", "10.199.0.1-10.199.255.255"], "10.200.0.0/16")
