@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from mallee.clc.instances import mac_of
-from mallee.nc.service import tap_name
+from mallee.common.vde import WIRE_TCP_PORT, VdeSwitch
+from mallee.nc.service import VDE_FOLDER, tap_name
 from tests.support.cluster import SMALL, blank_image, fake_node, iid, node_of, register
 from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon, pids_of
 from tests.support.guest import wait_until
@@ -267,6 +268,20 @@ def test_vde_processes_that_die_are_started_again_and_end_with_their_daemon(
     cc.start()
     wait_until(across, 30, "the restarted CC to rebuild its switch and dial again")
     assert len(switches(cc_vde)) == 1 and switches(cc_vde) != [cc_switch]
+
+    # w2's instance ends: w2's switch drops the VLAN, and the CC hangs up its wire
+    w2_switch = VdeSwitch(ncs[1].instance_dir / VDE_FOLDER)
+    assert "VLAN 0010" in w2_switch.command("vlan/print")
+    wire_to_w2 = f"OPENSSL:{workers['w2']}:{WIRE_TCP_PORT}"
+    assert pids_of(wire_to_w2)
+    cc.client.call("POST", "/v1/instances/terminate", {"instance_ids": [iid(2)]})
+
+    def hung_up() -> bool:
+        return "VLAN 0010" not in w2_switch.command("vlan/print") and not pids_of(wire_to_w2)
+
+    wait_until(hung_up, 15, "w2 to leave VLAN 10 and the CC to hang up on it")
+    assert "mlvd10" not in run_in("w2", "ip", "-br", "link")
+    assert not across()  # the other end of VLAN 10 is gone
 
     cc.stop()
     assert not pids_of(f"vde://{cc_vde}/") and not switches(cc_vde)
