@@ -34,6 +34,10 @@ class CcConfig(DaemonConfig):
     public_table: list[str] = field(default_factory=list)
     public_dns: list[str] = field(default_factory=list)
     metadata_address: str = ""
+    # The metadata proxy for the VLANs' instances when metadata_address is on another
+    # host: the port it serves on here, and the secret it shares with the CLC.
+    metadata_proxy_port: int = 8780
+    metadata_proxy_secret: str = ""
     # The private overlay (etc/mallee.conf.example): this CC routes and serves DHCP on
     # each VLAN its nodes carry, its slice of private_subnet (the CLC's).
     overlay: str = ""

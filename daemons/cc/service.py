@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mallee.cc import privatenet, scheduler, vlans
+from mallee.cc import metadataproxy, privatenet, scheduler, vlans
 from mallee.cc.addresses import AddressPair
 from mallee.cc.config import CcConfig
 from mallee.cc.groups import GroupStore
@@ -823,6 +823,23 @@ def _forget_group(client: NcClient, group_id: str) -> None:
         raise
 
 
+def metadata_route(config: CcConfig) -> tuple[str, int] | None:
+    """Where the VLANs' redirect of 169.254.169.254:80 goes: the CLC's metadata service
+    itself when it runs on this host (the source address kept tells the instance), else
+    this CC's metadata proxy, which vouches for the instance (metadataproxy.py)."""
+    if not config.metadata_address:
+        return None
+    if not metadataproxy.needed(config):
+        return metadata_target(config.metadata_address)
+    if not config.metadata_proxy_secret:
+        raise ConfigError(
+            f"[cc] metadata_address: {config.metadata_address} is on another host, which the"
+            " VLANs' instances reach through this CC's metadata proxy: set"
+            " metadata_proxy_secret, the same as the CLC's"
+        )
+    return config.overlay_address, config.metadata_proxy_port
+
+
 def _underlay_address(node: str, said: str) -> str:
     """A node's overlay address as it said it, if it is an IPv4 address ("" if not:
     it goes into flood entries and wire commands)."""
@@ -890,7 +907,11 @@ def _private_networks(
             prefix=privatenet.VDE_PREFIX,
             peer_name=certified_name,
         )
-    metadata = metadata_target(config.metadata_address) if config.metadata_address else None
     return PrivateNetworks(
-        state, overlay, config.private_subnet, config.private_slice_prefix, peering, metadata
+        state,
+        overlay,
+        config.private_subnet,
+        config.private_slice_prefix,
+        peering,
+        metadata_route(config),
     )

@@ -73,6 +73,9 @@ class ClcConfig(DaemonConfig):
     # The metadata service (plain HTTP, as guests ask it), where the clusters' redirect
     # of 169.254.169.254:80 sends guests' requests with their source address kept.
     metadata_port: int = 8779
+    # Shared with the CCs whose metadata proxy asks for their instances (the CLC on
+    # another host than theirs); empty: no proxy is believed.
+    metadata_proxy_secret: str = ""
     lease_hours: float = 6.0
 
     def public_url(self, tls: bool) -> str:

@@ -1,5 +1,6 @@
 """The metadata service's routes (plain HTTP on ``[clc] metadata_port``): what
-http://169.254.169.254/ answers guests, redirected here by their cluster."""
+http://169.254.169.254/ answers guests, redirected here by their cluster, or asked for
+them by their CC's metadata proxy."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import flask
 
 from mallee.clc import metadata
 from mallee.clc.frontend import Ec2Frontend
+from mallee.common import vouch
 
 bp = flask.Blueprint("metadata", __name__)
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -17,15 +19,30 @@ def _text(status: int, text: str) -> flask.Response:
     return flask.Response(text + "\n", status, mimetype="text/plain")
 
 
+def _asker() -> str | None:
+    """The address of the instance asking: the request's source, or the one a CC's
+    metadata proxy vouches for (vouch.py); None for a vouch the CLC cannot believe."""
+    vouched_for = flask.request.headers.get(vouch.ADDRESS_HEADER)
+    if vouched_for is None:
+        return flask.request.remote_addr or ""
+    frontend: Ec2Frontend = flask.current_app.extensions["mallee.clc"]
+    signature = flask.request.headers.get(vouch.SIGNATURE_HEADER, "")
+    if not vouch.vouched(frontend.cloud.config.metadata_proxy_secret, vouched_for, signature):
+        return None
+    return vouched_for
+
+
 @bp.put("/latest/api/token")
 def token() -> flask.Response:
     if "X-Forwarded-For" in flask.request.headers:  # EC2 refuses what came via a proxy
+        return _text(403, "Forbidden")
+    if (asker := _asker()) is None:
         return _text(403, "Forbidden")
     ttl = metadata.token_ttl(flask.request.headers.get(TTL_HEADER))
     if ttl is None:
         return _text(400, f"{TTL_HEADER} must be 1 to {metadata.MAX_TOKEN_TTL_S}")
     tokens: metadata.Tokens = flask.current_app.extensions["mallee.metadata"]
-    issued = tokens.issue(flask.request.remote_addr or "", ttl)
+    issued = tokens.issue(asker, ttl)
     response = flask.Response(issued, 200, mimetype="text/plain")
     response.headers[TTL_HEADER] = str(ttl)
     return response
@@ -34,7 +51,8 @@ def token() -> flask.Response:
 @bp.get("/", defaults={"path": ""})
 @bp.get("/<path:path>")
 def serve(path: str) -> flask.Response:
-    address = flask.request.remote_addr or ""
+    if (address := _asker()) is None:
+        return _text(403, "Forbidden")
     given = flask.request.headers.get(TOKEN_HEADER)
     tokens: metadata.Tokens = flask.current_app.extensions["mallee.metadata"]
     if given is not None and not tokens.valid(given, address):

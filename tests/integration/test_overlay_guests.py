@@ -252,7 +252,9 @@ def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
 ) -> None:
     """Seed Figure 2 with real guests: a worker in each cluster, both at 10.99.0.2,
     ``backend`` inside each cluster and VXLAN between the head nodes; alice's guest in
-    each zone takes its address from its own CC and reaches the other."""
+    each zone takes its address from its own CC and reaches the other. Each asks the
+    metadata service: zone-a's CC, on the CLC's host, redirects to it; zone-b's, on
+    another host, asks it through its metadata proxy, vouching for the guest."""
     here, there = two_clusters
     worker = "10.99.0.2"
     libvirtds = {w: libvirtd_in(ns(w)) for w in ("w1", "w3")}
@@ -267,7 +269,13 @@ def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
         )
         for w in libvirtds
     }
-    overlay = {"overlay": backend, "overlay_address": TEST_BED_HERE, "private_subnet": SUBNET}
+    metadata_port, secret = free_port(), "shared by the CLC and zone-b's CC"
+    overlay = {
+        "overlay": backend,
+        "overlay_address": TEST_BED_HERE,
+        "private_subnet": SUBNET,
+        "metadata_address": f"{here}:{metadata_port}",  # the CLC's, on zone-a's head
+    }
     ccs = {
         "zone-a": cc_factory(overlay_peers=[there], overlay_peer_address=here, **overlay),
         "zone-b": cc_factory(
@@ -275,13 +283,20 @@ def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
             address=there,
             overlay_peers=[here],
             overlay_peer_address=there,
+            metadata_proxy_port=free_port(),
+            metadata_proxy_secret=secret,
             **overlay,
         ),
     }
     register(ccs["zone-a"], ncs["w1"])
     register(ccs["zone-b"], ncs["w3"])
     clc = clc_factory(
-        address=here, private_slice_prefix=24, instance_quota=0, private_subnet=SUBNET
+        address=here,
+        private_slice_prefix=24,
+        instance_quota=0,
+        private_subnet=SUBNET,
+        metadata_port=metadata_port,
+        metadata_proxy_secret=secret,
     )
     for zone, cc in ccs.items():
         clc.admin("cluster", "add", zone, cc.url)
@@ -303,6 +318,7 @@ def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
     for instance_id in ids:
         output = console(alice, instance_id)
         assert f"mallee-guest: ip eth1 {address[instance_id]}" in output, output
+        assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
 
     shell = GuestShell(libvirtds["w1"].uri, placed["zone-a"])
     try:

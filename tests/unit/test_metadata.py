@@ -11,16 +11,22 @@ from typing import Any
 import flask.testing
 import pytest
 
+from mallee.cc import metadataproxy
 from mallee.cc.client import CcClient
 from mallee.clc import db, keypairs, securitygroups, users
 from mallee.clc.app import build_cloud, metadata_app
 from mallee.clc.config import ClcConfig
 from mallee.clc.db import Instance, PrivateAddress, Reservation
 from mallee.clc.frontend import Ec2Frontend
+from mallee.common import vouch
 from mallee.common.errors import MalleeError
 from mallee.common.metrics import Metrics
+from mallee.common.server import serve_plain_http
+from tests.support.daemons import free_port
 
 ADDRESS = "172.31.0.7"
+SECRET = "shared by the CLC and its CCs"
+CC = "10.98.0.2"  # a CC's own address: no instance's
 TTL = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN = "X-aws-ec2-metadata-token"
 
@@ -31,11 +37,16 @@ def no_cluster(url: str) -> CcClient:
 
 @pytest.fixture
 def guest(tmp_path: Path) -> flask.testing.FlaskClient:
-    """The metadata app, with one running instance at ADDRESS (key, group, user-data)."""
+    return metadata_service(tmp_path, SECRET).test_client()
+
+
+def metadata_service(tmp_path: Path, secret: str) -> flask.Flask:
+    """The metadata app, with one running instance at ADDRESS (key, group, user-data),
+    believing CC proxies that sign with ``secret``."""
     url = f"sqlite:///{tmp_path / 'clc.db'}"
     db.migrate(url)
     sessions = db.sessions_for(url)
-    config = ClcConfig(image_dir=str(tmp_path / "images"))
+    config = ClcConfig(image_dir=str(tmp_path / "images"), metadata_proxy_secret=secret)
     cloud = build_cloud(config, sessions, no_cluster, "https://clc", Metrics("test"))
     with sessions.write.begin() as session:
         users.create_user(session, "alice")
@@ -65,8 +76,7 @@ def guest(tmp_path: Path) -> flask.testing.FlaskClient:
         )
         session.flush()
         session.add(PrivateAddress(address=ADDRESS, instance_id="i-0123456789abcdef0"))
-    app = metadata_app(Ec2Frontend(sessions, cloud))
-    return app.test_client()
+    return metadata_app(Ec2Frontend(sessions, cloud))
 
 
 def get(client: flask.testing.FlaskClient, path: str, source: str = ADDRESS, **headers: str) -> Any:
@@ -123,3 +133,52 @@ def test_imdsv2_tokens(guest: flask.testing.FlaskClient) -> None:
     assert put(**{TTL: "21601"}).status_code == 400
     assert put().status_code == 400
     assert put(**{TTL: "60", "X-Forwarded-For": "10.0.0.1"}).status_code == 403
+
+
+def test_a_ccs_proxy_vouches_for_the_instance_with_the_shared_secret(
+    guest: flask.testing.FlaskClient,
+) -> None:
+    def asked(secret: str = SECRET, method: str = "GET", **more: str) -> Any:
+        """A request as the CC's proxy makes it for ADDRESS, signed with ``secret``."""
+        signature = vouch.sign(secret, ADDRESS)
+        headers = {vouch.ADDRESS_HEADER: ADDRESS, vouch.SIGNATURE_HEADER: signature}
+        return guest.open(
+            "/latest/meta-data/instance-id" if method == "GET" else "/latest/api/token",
+            method=method,
+            environ_base={"REMOTE_ADDR": CC},
+            headers={**headers, **more},
+        )
+
+    assert asked().text == "i-0123456789abcdef0"  # the instance vouched for, not the CC
+    assert asked(secret="guessed").status_code == 403
+    signed_for_another = {vouch.SIGNATURE_HEADER: vouch.sign(SECRET, "172.31.0.8")}
+    assert asked(**signed_for_another).status_code == 403
+    # IMDSv2 through the proxy: the token is the vouched address's
+    token = asked(method="PUT", **{TTL: "60"}).text
+    assert get(guest, "/latest/meta-data/instance-id", **{TOKEN: token}).status_code == 200
+    assert asked(**{TOKEN: token}).text == "i-0123456789abcdef0"
+
+
+def test_a_clc_sharing_no_secret_believes_no_proxy(tmp_path: Path) -> None:
+    guest = metadata_service(tmp_path, "").test_client()
+    headers = {vouch.ADDRESS_HEADER: ADDRESS, vouch.SIGNATURE_HEADER: vouch.sign("", ADDRESS)}
+    answer = guest.get("/latest/meta-data/", environ_base={"REMOTE_ADDR": CC}, headers=headers)
+    assert answer.status_code == 403
+
+
+def test_the_ccs_proxy_asks_the_clc_for_instances_of_its_vlans_only(tmp_path: Path) -> None:
+    """The CC's proxy and the CLC's metadata service, over real HTTP."""
+    port = free_port()
+    clc = serve_plain_http(metadata_service(tmp_path, SECRET), "127.0.0.1", port, "test-md")
+    try:
+        proxy = metadataproxy.proxy_app(f"127.0.0.1:{port}", SECRET, "172.31.0.0/16")
+        instance = proxy.test_client()
+        asked = instance.get("/latest/meta-data/instance-id", environ_base={"REMOTE_ADDR": ADDRESS})
+        assert asked.text == "i-0123456789abcdef0"
+        stranger = instance.get("/latest/meta-data/", environ_base={"REMOTE_ADDR": "192.0.2.9"})
+        assert stranger.status_code == 403  # not an address of the VLANs
+    finally:
+        clc.shutdown()
+        clc.server_close()
+    gone = instance.get("/latest/meta-data/", environ_base={"REMOTE_ADDR": ADDRESS})
+    assert gone.status_code == 502
