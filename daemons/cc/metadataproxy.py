@@ -16,11 +16,9 @@ from mallee.cc.router import metadata_target
 from mallee.common import vouch
 from mallee.common.overlay import local_address_problem
 
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
-TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 # what a guest's request may carry on to the metadata service: IMDSv2's headers, and a
 # proxy's own, which the CLC refuses tokens for (as EC2 does)
-FORWARDED = {h.lower() for h in (TOKEN_HEADER, TTL_HEADER, "X-Forwarded-For")}
+FORWARDED = {h.lower() for h in (vouch.TOKEN_HEADER, vouch.TTL_HEADER, "X-Forwarded-For")}
 TIMEOUT_S = (3.05, 10.0)
 
 
@@ -61,7 +59,7 @@ def proxy_app(target: str, secret: str, subnet: str) -> flask.Flask:
         except requests.RequestException:
             return flask.Response("Bad Gateway\n", 502, mimetype="text/plain")
         relayed = flask.Response(answer.content, answer.status_code)
-        for name in ("Content-Type", TTL_HEADER):
+        for name in ("Content-Type", vouch.TTL_HEADER):
             if name in answer.headers:
                 relayed.headers[name] = answer.headers[name]
         return relayed

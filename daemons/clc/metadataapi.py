@@ -11,8 +11,6 @@ from mallee.clc.frontend import Ec2Frontend
 from mallee.common import vouch
 
 bp = flask.Blueprint("metadata", __name__)
-TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
-TOKEN_HEADER = "X-aws-ec2-metadata-token"
 
 
 def _text(status: int, text: str) -> flask.Response:
@@ -38,13 +36,13 @@ def token() -> flask.Response:
         return _text(403, "Forbidden")
     if (asker := _asker()) is None:
         return _text(403, "Forbidden")
-    ttl = metadata.token_ttl(flask.request.headers.get(TTL_HEADER))
+    ttl = metadata.token_ttl(flask.request.headers.get(vouch.TTL_HEADER))
     if ttl is None:
-        return _text(400, f"{TTL_HEADER} must be 1 to {metadata.MAX_TOKEN_TTL_S}")
+        return _text(400, f"{vouch.TTL_HEADER} must be 1 to {metadata.MAX_TOKEN_TTL_S}")
     tokens: metadata.Tokens = flask.current_app.extensions["mallee.metadata"]
     issued = tokens.issue(asker, ttl)
     response = flask.Response(issued, 200, mimetype="text/plain")
-    response.headers[TTL_HEADER] = str(ttl)
+    response.headers[vouch.TTL_HEADER] = str(ttl)
     return response
 
 
@@ -53,7 +51,7 @@ def token() -> flask.Response:
 def serve(path: str) -> flask.Response:
     if (address := _asker()) is None:
         return _text(403, "Forbidden")
-    given = flask.request.headers.get(TOKEN_HEADER)
+    given = flask.request.headers.get(vouch.TOKEN_HEADER)
     tokens: metadata.Tokens = flask.current_app.extensions["mallee.metadata"]
     if given is not None and not tokens.valid(given, address):
         return _text(401, "Unauthorized")

@@ -12,6 +12,9 @@ import hmac
 
 ADDRESS_HEADER = "X-Mallee-Instance-Address"
 SIGNATURE_HEADER = "X-Mallee-Instance-Signature"
+# IMDSv2's headers, which the CLC's metadata service reads and a CC's proxy relays
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 
 
 def sign(secret: str, address: str) -> str:
