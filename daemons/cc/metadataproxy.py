@@ -7,6 +7,8 @@ instance's address (vouch.py), and relays the answer."""
 
 from __future__ import annotations
 
+import http.cookiejar
+
 import flask
 import netaddr
 import requests
@@ -20,6 +22,7 @@ from mallee.common.overlay import local_address_problem
 # proxy's own, which the CLC refuses tokens for (as EC2 does)
 FORWARDED = {h.lower() for h in (vouch.TOKEN_HEADER, vouch.TTL_HEADER, "X-Forwarded-For")}
 TIMEOUT_S = (3.05, 10.0)
+MAX_BODY = 1024
 
 
 def needed(config: CcConfig) -> bool:
@@ -35,8 +38,11 @@ def proxy_app(target: str, secret: str, subnet: str) -> flask.Flask:
     """The proxy's app: ``target`` is the CLC's metadata service (``HOST:PORT``);
     only instances' private addresses (``subnet``) are served."""
     app = flask.Flask("mallee.cc.metadataproxy")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY  # a guest's PUT carries nothing
     private = netaddr.IPNetwork(subnet)
     session = requests.Session()
+    session.trust_env = False  # never the host's HTTP proxy: the vouch goes to the CLC only
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
     @app.route("/", defaults={"path": ""}, methods=["GET", "PUT"])
     @app.route("/<path:path>", methods=["GET", "PUT"])
@@ -45,17 +51,21 @@ def proxy_app(target: str, secret: str, subnet: str) -> flask.Flask:
         if not netaddr.valid_ipv4(asker) or netaddr.IPAddress(asker) not in private:
             return flask.Response("Forbidden\n", 403, mimetype="text/plain")
         headers = {k: v for k, v in flask.request.headers.items() if k.lower() in FORWARDED}
+        method = flask.request.method
         headers[vouch.ADDRESS_HEADER] = asker
-        headers[vouch.SIGNATURE_HEADER] = vouch.sign(secret, asker)
+        headers[vouch.SIGNATURE_HEADER] = vouch.sign(secret, asker, method, f"/{path}")
         try:
             answer = session.request(
-                flask.request.method,
+                method,
                 f"http://{target}/{path}",
                 params=list(flask.request.args.items(multi=True)),
                 data=flask.request.get_data(),
                 headers=headers,
                 timeout=TIMEOUT_S,
+                allow_redirects=False,
             )
+        except requests.Timeout:
+            return flask.Response("Gateway Timeout\n", 504, mimetype="text/plain")
         except requests.RequestException:
             return flask.Response("Bad Gateway\n", 502, mimetype="text/plain")
         relayed = flask.Response(answer.content, answer.status_code)

@@ -95,8 +95,8 @@ class PrivateNetworks:
         with self._lock:
             if self.peering is not None and wanted:
                 self.peering.guard.hold(True)  # before any VLAN reaches a peer
-            if self.metadata is not None:
-                self.redirect.hold(bool(wanted))
+            # (a table an earlier CC left with another metadata_address goes too)
+            self.redirect.hold(self.metadata is not None and bool(wanted))
             for vlan, (peers, pairs) in sorted(wanted.items()):
                 carried = (frozenset(peers), frozenset(pairs))
                 if self._carried.get(vlan) == carried and self.networks.is_started(vlan):
@@ -145,29 +145,39 @@ class PrivateNetworks:
         self._carried[vlan] = (frozenset(peers), frozenset(pairs))
 
     def _redirect(self) -> list[nftables.Command]:
-        """169.254.169.254:80 from any VLAN to the CLC's metadata service, keeping the
-        instance's (private, cloud-wide unique) address as the source."""
+        """169.254.169.254:80 from any VLAN to the CLC's metadata service or this CC's
+        proxy, keeping the instance's (private, cloud-wide unique) address as the
+        source; the proxy takes nothing but what the VLANs' redirect sends it."""
         assert self.metadata is not None
         address, port = self.metadata
         table = {"family": "ip", "table": self.redirect.name}
-        dstnat = {"type": "nat", "hook": "prerouting", "prio": -100}
-        return [
-            {"add": {"chain": {**table, "name": "prerouting", **dstnat}}},
-            {
-                "add": {
-                    "rule": {
-                        **table,
-                        "chain": "prerouting",
-                        "expr": [
-                            match(meta("iifname"), f"{BRIDGE_PREFIX}*"),
-                            match(field("ip", "daddr"), METADATA_IP),
-                            match(field("tcp", "dport"), 80),
-                            {"dnat": {"addr": address, "port": port}},
-                        ],
-                    }
-                }
-            },
+
+        def chain(name: str, kind: str, hook: str, prio: int) -> nftables.Command:
+            return {"add": {"chain": {**table, "name": name, "type": kind, "hook": hook,
+                                      "prio": prio}}}  # fmt: skip
+
+        def rule(chain: str, *expr: nftables.Expr) -> nftables.Command:
+            return {"add": {"rule": {**table, "chain": chain, "expr": list(expr)}}}
+
+        to_target = (match(field("ip", "daddr"), address), match(field("tcp", "dport"), port))
+        commands = [
+            chain("prerouting", "nat", "prerouting", -100),
+            rule(
+                "prerouting",
+                match(meta("iifname"), f"{BRIDGE_PREFIX}*"),
+                match(field("ip", "daddr"), METADATA_IP),
+                match(field("tcp", "dport"), 80),
+                {"dnat": {"addr": address, "port": port}},
+            ),
         ]
+        if address == self.overlay.local:  # this CC's metadata proxy
+            redirected = match({"ct": {"key": "status"}}, "dnat", "in")
+            commands += [
+                chain("input", "filter", "input", 0),
+                rule("input", *to_target, redirected, {"accept": None}),
+                rule("input", *to_target, {"drop": None}),
+            ]
+        return commands
 
     def mtu(self) -> int:
         """What instances may send: the least of this cluster's overlay and the

@@ -71,7 +71,8 @@ class ClcConfig(DaemonConfig):
     # FIRST-LAST ranges; none by default.
     public_addresses: list[str] = field(default_factory=list)
     # The metadata service (plain HTTP, as guests ask it), where the clusters' redirect
-    # of 169.254.169.254:80 sends guests' requests with their source address kept.
+    # of 169.254.169.254:80 sends guests' requests with their source address kept, or
+    # a CC's metadata proxy asks for them.
     metadata_port: int = 8779
     # Shared with the CCs whose metadata proxy asks for their instances (the CLC on
     # another host than theirs); empty: no proxy is believed.

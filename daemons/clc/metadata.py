@@ -3,7 +3,8 @@ http://169.254.169.254/, at every version EC2 has published, the way cloud-init'
 data source and the tiny guest read it.
 
 The asking instance is the live one holding the request's source address (the
-clusters' redirect keeps it). IMDSv2: ``PUT /latest/api/token`` gives a token bound to
+clusters' redirect keeps it), or the address a CC's metadata proxy vouches for
+(vouch.py). IMDSv2: ``PUT /latest/api/token`` gives a token bound to
 that address for the TTL asked; a request bearing a token must bear a valid one, a
 request bearing none is served too (IMDSv1, which stock images still use).
 """

@@ -5,6 +5,8 @@ them by their CC's metadata proxy."""
 from __future__ import annotations
 
 import flask
+import netaddr
+from netaddr import IPNetwork
 
 from mallee.clc import metadata
 from mallee.clc.frontend import Ec2Frontend
@@ -19,13 +21,18 @@ def _text(status: int, text: str) -> flask.Response:
 
 def _asker() -> str | None:
     """The address of the instance asking: the request's source, or the one a CC's
-    metadata proxy vouches for (vouch.py); None for a vouch the CLC cannot believe."""
-    vouched_for = flask.request.headers.get(vouch.ADDRESS_HEADER)
+    metadata proxy vouches for (vouch.py), which must be a private address; None for a
+    vouch the CLC cannot believe."""
+    request = flask.request
+    vouched_for = request.headers.get(vouch.ADDRESS_HEADER)
     if vouched_for is None:
-        return flask.request.remote_addr or ""
-    frontend: Ec2Frontend = flask.current_app.extensions["mallee.clc"]
-    signature = flask.request.headers.get(vouch.SIGNATURE_HEADER, "")
-    if not vouch.vouched(frontend.cloud.config.metadata_proxy_secret, vouched_for, signature):
+        return request.remote_addr or ""
+    config = flask.current_app.extensions["mallee.clc"].cloud.config
+    signature = request.headers.get(vouch.SIGNATURE_HEADER, "")
+    secret = config.metadata_proxy_secret
+    if not vouch.vouched(secret, vouched_for, request.method, request.path, signature):
+        return None
+    if not netaddr.valid_ipv4(vouched_for) or vouched_for not in IPNetwork(config.private_subnet):
         return None
     return vouched_for
 

@@ -409,6 +409,7 @@ class CcDaemon(Daemon):
         super().__init__(workdir, pki, pki.cc_server, pki.clc, cc)
         self.state_dir = cc["state_dir"]
         self.peer_address = str(cc.get("overlay_peer_address", ""))
+        self.overlay_address = str(cc.get("overlay_address", ""))
 
     def dnsmasq(self) -> list[int]:
         """The pids of this CC's dnsmasqs, its public network's and its VLANs' (their
@@ -417,8 +418,8 @@ class CcDaemon(Daemon):
 
     def cleanup(self) -> None:
         """After a test: stop the daemon, end a dnsmasq a killed one left, and remove
-        the VLAN bridges, VXLAN devices and peering table a CC keeps for running
-        instances (in a namespace of the test bed, they go with the namespace)."""
+        the VLAN bridges, VXLAN devices and peering and redirect tables a CC keeps for
+        running instances (in a namespace of the test bed, they go with the namespace)."""
         self.stop()
         for pid in self.dnsmasq():
             with contextlib.suppress(ProcessLookupError):
@@ -433,6 +434,9 @@ class CcDaemon(Daemon):
         if self.peer_address:
             table = nftables.table_name("cc_peering", self.peer_address)
             nftables.apply(nftables.remove_table(peering.FAMILY, table))
+        if self.overlay_address:  # the VLANs' metadata redirect
+            table = nftables.table_name("cc_vlans", self.overlay_address)
+            nftables.apply(nftables.remove_table("ip", table))
 
 
 class ClcDaemon(Daemon):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,34 +136,47 @@ def test_imdsv2_tokens(guest: flask.testing.FlaskClient) -> None:
     assert put(**{TTL: "60", "X-Forwarded-For": "10.0.0.1"}).status_code == 403
 
 
+INSTANCE_ID = "/latest/meta-data/instance-id"
+
+
+def vouching(
+    secret: str = SECRET, address: str = ADDRESS, method: str = "GET", path: str = INSTANCE_ID,
+    at: float | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """The headers a CC's proxy adds for ``address``."""
+    signature = vouch.sign(secret, address, method, path, at)
+    return {vouch.ADDRESS_HEADER: address, vouch.SIGNATURE_HEADER: signature}
+
+
 def test_a_ccs_proxy_vouches_for_the_instance_with_the_shared_secret(
     guest: flask.testing.FlaskClient,
 ) -> None:
-    def asked(secret: str = SECRET, method: str = "GET", **more: str) -> Any:
-        """A request as the CC's proxy makes it for ADDRESS, signed with ``secret``."""
-        signature = vouch.sign(secret, ADDRESS)
-        headers = {vouch.ADDRESS_HEADER: ADDRESS, vouch.SIGNATURE_HEADER: signature}
-        return guest.open(
-            "/latest/meta-data/instance-id" if method == "GET" else "/latest/api/token",
-            method=method,
-            environ_base={"REMOTE_ADDR": CC},
-            headers={**headers, **more},
-        )
+    def asked(path: str = INSTANCE_ID, method: str = "GET", **headers: str) -> Any:
+        return guest.open(path, method=method, environ_base={"REMOTE_ADDR": CC}, headers=headers)
 
-    assert asked().text == "i-0123456789abcdef0"  # the instance vouched for, not the CC
-    assert asked(secret="guessed").status_code == 403
-    signed_for_another = {vouch.SIGNATURE_HEADER: vouch.sign(SECRET, "172.31.0.8")}
-    assert asked(**signed_for_another).status_code == 403
+    assert asked(**vouching()).text == "i-0123456789abcdef0"  # the instance, not the CC
+    refused = {
+        "another secret": vouching(secret="guessed"),
+        "another path's": vouching(path="/latest/user-data"),
+        "another method's": vouching(method="PUT"),
+        "a minute old": vouching(at=time.time() - 60),
+        "for no instance's address": vouching(address="192.0.2.9"),
+    }
+    for why, headers in refused.items():
+        assert asked(**headers).status_code == 403, why
+    forged = {**vouching(), vouch.ADDRESS_HEADER: "172.31.0.8"}  # signed for ADDRESS
+    assert asked(**forged).status_code == 403
     # IMDSv2 through the proxy: the token is the vouched address's
-    token = asked(method="PUT", **{TTL: "60"}).text
-    assert get(guest, "/latest/meta-data/instance-id", **{TOKEN: token}).status_code == 200
-    assert asked(**{TOKEN: token}).text == "i-0123456789abcdef0"
+    put = vouching(method="PUT", path="/latest/api/token")
+    token = asked("/latest/api/token", "PUT", **put, **{TTL: "60"}).text
+    assert get(guest, INSTANCE_ID, **{TOKEN: token}).status_code == 200
+    assert asked(**vouching(), **{TOKEN: token}).text == "i-0123456789abcdef0"
 
 
 def test_a_clc_sharing_no_secret_believes_no_proxy(tmp_path: Path) -> None:
     guest = metadata_service(tmp_path, "").test_client()
-    headers = {vouch.ADDRESS_HEADER: ADDRESS, vouch.SIGNATURE_HEADER: vouch.sign("", ADDRESS)}
-    answer = guest.get("/latest/meta-data/", environ_base={"REMOTE_ADDR": CC}, headers=headers)
+    headers = vouching(secret="")
+    answer = guest.get(INSTANCE_ID, environ_base={"REMOTE_ADDR": CC}, headers=headers)
     assert answer.status_code == 403
 
 
@@ -173,8 +187,12 @@ def test_the_ccs_proxy_asks_the_clc_for_instances_of_its_vlans_only(tmp_path: Pa
     try:
         proxy = metadataproxy.proxy_app(f"127.0.0.1:{port}", SECRET, "172.31.0.0/16")
         instance = proxy.test_client()
-        asked = instance.get("/latest/meta-data/instance-id", environ_base={"REMOTE_ADDR": ADDRESS})
+        asked = instance.get(INSTANCE_ID, environ_base={"REMOTE_ADDR": ADDRESS})
         assert asked.text == "i-0123456789abcdef0"
+        # a guest's own vouch, for another instance, is replaced by the proxy's
+        headers = vouching(address="172.31.0.8")
+        forged = instance.get(INSTANCE_ID, environ_base={"REMOTE_ADDR": ADDRESS}, headers=headers)
+        assert forged.text == "i-0123456789abcdef0"
         stranger = instance.get("/latest/meta-data/", environ_base={"REMOTE_ADDR": "192.0.2.9"})
         assert stranger.status_code == 403  # not an address of the VLANs
     finally:
