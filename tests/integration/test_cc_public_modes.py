@@ -18,7 +18,7 @@ import pytest
 from mallee.common.rpc import RemoteError
 from tests.support.cluster import SMALL, blank_image, counts, fake_node, iid, register
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon, free_port
-from tests.support.guest import MARKER, GuestImage, GuestShell, wait_until
+from tests.support.guest import GuestImage, GuestShell, booted_console, wait_until
 from tests.support.network import (
     PublicLan,
     connect,
@@ -92,15 +92,7 @@ def booted(ec2: Any, emi: str) -> tuple[str, str]:
     [ran] = ec2.run_instances(ImageId=emi, MinCount=1, MaxCount=1)["Instances"]
     instance_id = ran["InstanceId"]
     ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig=WAIT)
-    output = ""
-
-    def finished() -> bool:
-        nonlocal output
-        output = ec2.get_console_output(InstanceId=instance_id).get("Output", "")
-        return MARKER in output
-
-    wait_until(finished, 240, f"{MARKER} on the console of {instance_id}")
-    return instance_id, output
+    return instance_id, booted_console(ec2, instance_id, 240)
 
 
 def described(ec2: Any, instance_id: str) -> dict[str, Any]:

@@ -18,7 +18,15 @@ import pytest
 from mallee.clc.instances import mac_of
 from mallee.common.vde import WIRE_TCP_PORT, VdeSwitch
 from mallee.nc.service import VDE_FOLDER, tap_name
-from tests.support.cluster import SMALL, blank_image, fake_node, iid, node_of, register
+from tests.support.cluster import (
+    SMALL,
+    blank_image,
+    fake_node,
+    iid,
+    node_of,
+    peered_ccs,
+    register,
+)
 from tests.support.daemons import TEST_BED_HERE, CcDaemon, ClcDaemon, NcDaemon, pids_of
 from tests.support.guest import wait_until
 from tests.support.hosts import (
@@ -79,6 +87,47 @@ def dhcp_client(guest: str, workdir: Path) -> str:
     return answer.strip().splitlines()[-1]
 
 
+def workers_and_cc(
+    backend: str,
+    workers: dict[str, str],
+    nc_factory: Callable[..., NcDaemon],
+    cc_factory: Callable[..., CcDaemon],
+) -> tuple[list[NcDaemon], CcDaemon]:
+    """An NC on each worker and a round-robin CC here, all on the ``backend`` overlay."""
+    ncs = [
+        fake_node(
+            nc_factory,
+            2,
+            netns=ns(w),
+            address=address,
+            overlay=backend,
+            overlay_address=address,
+        )
+        for w, address in workers.items()
+    ]
+    cc = cc_factory(
+        scheduler="round-robin",
+        overlay=backend,
+        overlay_address=TEST_BED_HERE,
+        private_subnet=SUBNET,
+    )
+    register(cc, *ncs)
+    return ncs, cc
+
+
+def reserve(cc: CcDaemon, image: dict[str, str], n: int) -> list[dict[str, Any]]:
+    """Instance ``n`` of GUESTS run through the CC, with its private NIC; the CC's views."""
+    body = {
+        "reservation_id": "r-0123456789abcdef0",
+        "owner_id": "alice",
+        "vm_type": SMALL,
+        "image": image,
+        "instances": [{"instance_id": iid(n), "net": private_net(n)}],
+    }
+    views: list[dict[str, Any]] = cc.client.call("POST", "/v1/instances", body)["instances"]
+    return views
+
+
 @pytest.fixture
 def workers() -> Iterator[dict[str, str]]:
     with namespaces("w1", "w2", "g1", "g2", "g3"), underlay("w1", "w2") as address:
@@ -91,31 +140,10 @@ def test_the_cc_joins_each_vlan_across_the_workers_that_carry_it(
     cc_factory: Callable[..., CcDaemon],
     tmp_path: Path,
 ) -> None:
-    ncs = [
-        fake_node(
-            nc_factory,
-            2,
-            netns=ns(w),
-            address=workers[w],
-            overlay="vxlan",
-            overlay_address=workers[w],
-        )
-        for w in ("w1", "w2")
-    ]
-    cc = cc_factory(
-        scheduler="round-robin", overlay="vxlan", overlay_address="10.99.0.1", private_subnet=SUBNET
-    )
-    register(cc, *ncs)
+    ncs, cc = workers_and_cc("vxlan", workers, nc_factory, cc_factory)
     with blank_image(tmp_path / "www", address="10.99.0.1") as (_, image):
         for n in GUESTS:  # round-robin: w1, w2, w1
-            body = {
-                "reservation_id": "r-0123456789abcdef0",
-                "owner_id": "alice",
-                "vm_type": SMALL,
-                "image": image,
-                "instances": [{"instance_id": iid(n), "net": private_net(n)}],
-            }
-            [view] = cc.client.call("POST", "/v1/instances", body)["instances"]
+            [view] = reserve(cc, image, n)
             assert view["node"] == ncs[int(GUESTS[n][1][1]) - 1].name
 
     # each instance's NIC, as libvirt plugs it into its VLAN's bridge; its address by DHCP
@@ -211,31 +239,10 @@ def test_vde_processes_that_die_are_started_again_and_end_with_their_daemon(
     daemon. A node's switch killed is started again with its taps and its wait for the
     CC's wire; the CC killed takes its switch and wires with it (nothing orphaned), and
     once restarted dials again; an orderly stop ends them all."""
-    ncs = [
-        fake_node(
-            nc_factory,
-            2,
-            netns=ns(w),
-            address=workers[w],
-            overlay="vde",
-            overlay_address=workers[w],
-        )
-        for w in ("w1", "w2")
-    ]
-    cc = cc_factory(
-        scheduler="round-robin", overlay="vde", overlay_address="10.99.0.1", private_subnet=SUBNET
-    )
-    register(cc, *ncs)
+    ncs, cc = workers_and_cc("vde", workers, nc_factory, cc_factory)
     with blank_image(tmp_path / "www", address="10.99.0.1") as (_, image):
         for n in (1, 2):  # round-robin: w1, w2
-            body = {
-                "reservation_id": "r-0123456789abcdef0",
-                "owner_id": "alice",
-                "vm_type": SMALL,
-                "image": image,
-                "instances": [{"instance_id": iid(n), "net": private_net(n)}],
-            }
-            cc.client.call("POST", "/v1/instances", body)
+            reserve(cc, image, n)
     for n in (1, 2):
         guest, worker, _ = GUESTS[n]
         attach(
@@ -401,16 +408,7 @@ def test_a_users_instances_in_two_clusters_reach_each_other_through_their_head_n
         )
         for w in ("w1", "w3")
     }
-    ccs = {
-        "zone-a": cc_factory(overlay_peers=[there], overlay_peer_address=here, **overlay),
-        "zone-b": cc_factory(
-            netns=ns("h2"),
-            address=there,
-            overlay_peers=[here],
-            overlay_peer_address=there,
-            **overlay,
-        ),
-    }
+    ccs = peered_ccs(cc_factory, (here, there), overlay, {})
     register(ccs["zone-a"], nodes["w1"])
     register(ccs["zone-b"], nodes["w3"])
     clc = clc_factory(

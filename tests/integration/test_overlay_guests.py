@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from tests.support.cluster import node_of, register
+from tests.support.cluster import node_of, peered_ccs, register
 from tests.support.daemons import (
     TEST_BED_HERE,
     CcDaemon,
@@ -23,7 +22,7 @@ from tests.support.daemons import (
     free_port,
     pids_of,
 )
-from tests.support.guest import MARKER, GuestImage, GuestShell, wait_until
+from tests.support.guest import GuestImage, GuestShell, booted_console, wait_until
 from tests.support.hosts import namespaces, ns, underlay
 
 SUBNET = "10.200.0.0/16"
@@ -36,17 +35,28 @@ def workers() -> Iterator[dict[str, str]]:
         yield address
 
 
-def console(ec2: Any, instance_id: str) -> str:
-    """The guest's console once it booted (the marker printed)."""
-    output = ""
-
-    def booted() -> bool:
-        nonlocal output
-        output = ec2.get_console_output(InstanceId=instance_id).get("Output", "")
-        return MARKER in output
-
-    wait_until(booted, 300, f"{MARKER} on the console of {instance_id}")
-    return output
+def guest_workers(
+    workers: dict[str, str],
+    backend: str,
+    libvirtd_in: Callable[[str], PrivateLibvirtd],
+    nc_factory: Callable[..., NcDaemon],
+) -> tuple[dict[str, PrivateLibvirtd], dict[str, NcDaemon]]:
+    """On each of ``workers`` (name → address) a libvirtd of its own and an NC on the
+    ``backend`` overlay, each by worker; public NICs on QEMU's own network (not what
+    these tests are about)."""
+    libvirtds = {w: libvirtd_in(ns(w)) for w in workers}
+    ncs = {
+        w: nc_factory(
+            libvirt_uri=libvirtds[w].uri,
+            netns=ns(w),
+            address=address,
+            public_bridge="user",
+            overlay=backend,
+            overlay_address=address,
+        )
+        for w, address in workers.items()
+    }
+    return libvirtds, ncs
 
 
 def read(shell: GuestShell, command: str, line: str) -> str:
@@ -72,18 +82,7 @@ def test_guests_on_two_workers_reach_each_other_and_an_nc_restart_keeps_it_so(
     clc_factory: Callable[..., ClcDaemon],
     guest: GuestImage,
 ) -> None:
-    libvirtds = {w: libvirtd_in(ns(w)) for w in workers}
-    ncs = {
-        w: nc_factory(
-            libvirt_uri=libvirtds[w].uri,
-            netns=ns(w),
-            address=address,
-            public_bridge="user",  # the public NIC on QEMU's own network: not tested here
-            overlay=backend,
-            overlay_address=address,
-        )
-        for w, address in workers.items()
-    }
+    libvirtds, ncs = guest_workers(workers, backend, libvirtd_in, nc_factory)
     worker_of = {nc.name: w for w, nc in ncs.items()}
     metadata_port = free_port()
     cc = cc_factory(
@@ -115,7 +114,7 @@ def test_guests_on_two_workers_reach_each_other_and_an_nc_restart_keeps_it_so(
     on = {i: worker_of[node_of(cc, i)] for i in ids}
     assert sorted(on.values()) == ["w1", "w2"]  # one guest per worker
     for instance_id in ids:
-        output = console(alice, instance_id)
+        output = booted_console(alice, instance_id)
         # the private NIC's address: the CC's DHCP, the CLC's choice
         assert f"mallee-guest: ip eth1 {address[instance_id]}" in output, output
         # the metadata service, through the VLAN's router (the CC): the CLC, knowing
@@ -159,18 +158,7 @@ def test_users_are_apart_on_one_worker_and_a_guest_that_spoofs_reaches_no_one(
     of alice's and receives not one frame of theirs (his NIC's own counters); alice's
     guest, once it takes another address or another MAC, reaches her other guest no
     more, and does again with its own."""
-    libvirtds = {w: libvirtd_in(ns(w)) for w in workers}
-    ncs = {
-        w: nc_factory(
-            libvirt_uri=libvirtds[w].uri,
-            netns=ns(w),
-            address=address,
-            public_bridge="user",
-            overlay="vxlan",
-            overlay_address=address,
-        )
-        for w, address in workers.items()
-    }
+    libvirtds, ncs = guest_workers(workers, "vxlan", libvirtd_in, nc_factory)
     worker_of = {nc.name: w for w, nc in ncs.items()}
     cc = cc_factory(
         scheduler="round-robin",
@@ -195,7 +183,7 @@ def test_users_are_apart_on_one_worker_and_a_guest_that_spoofs_reaches_no_one(
     for ec2, mine in ((alice, ids), (bob, [bobs])):
         ec2.get_waiter("instance_running").wait(InstanceIds=mine, WaiterConfig=WAIT)
         for instance_id in mine:
-            console(ec2, instance_id)
+            booted_console(ec2, instance_id)
     described = {
         i["InstanceId"]: i
         for ec2, mine in ((alice, ids), (bob, [bobs]))
@@ -257,18 +245,8 @@ def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
     another host, asks it through its metadata proxy, vouching for the guest."""
     here, there = two_clusters
     worker = "10.99.0.2"
-    libvirtds = {w: libvirtd_in(ns(w)) for w in ("w1", "w3")}
-    ncs = {
-        w: nc_factory(
-            libvirt_uri=libvirtds[w].uri,
-            netns=ns(w),
-            address=worker,
-            public_bridge="user",
-            overlay=backend,
-            overlay_address=worker,
-        )
-        for w in libvirtds
-    }
+    workers = {"w1": worker, "w3": worker}
+    libvirtds, ncs = guest_workers(workers, backend, libvirtd_in, nc_factory)
     metadata_port, secret = free_port(), "shared by the CLC and zone-b's CC"
     overlay = {
         "overlay": backend,
@@ -276,18 +254,8 @@ def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
         "private_subnet": SUBNET,
         "metadata_address": f"{here}:{metadata_port}",  # the CLC's, on zone-a's head
     }
-    ccs = {
-        "zone-a": cc_factory(overlay_peers=[there], overlay_peer_address=here, **overlay),
-        "zone-b": cc_factory(
-            netns=ns("h2"),
-            address=there,
-            overlay_peers=[here],
-            overlay_peer_address=there,
-            metadata_proxy_port=free_port(),
-            metadata_proxy_secret=secret,
-            **overlay,
-        ),
-    }
+    proxy = {"metadata_proxy_port": free_port(), "metadata_proxy_secret": secret}
+    ccs = peered_ccs(cc_factory, (here, there), overlay, proxy)
     register(ccs["zone-a"], ncs["w1"])
     register(ccs["zone-b"], ncs["w3"])
     clc = clc_factory(
@@ -316,7 +284,7 @@ def test_guests_in_two_clusters_with_the_same_worker_addresses_reach_each_other(
         for i in r["Instances"]
     }
     for instance_id in ids:
-        output = console(alice, instance_id)
+        output = booted_console(alice, instance_id)
         assert f"mallee-guest: ip eth1 {address[instance_id]}" in output, output
         assert f"mallee-guest: metadata instance-id {instance_id}" in output, output
 

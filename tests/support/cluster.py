@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from tests.support.daemons import CcDaemon, ClcDaemon, NcDaemon
 from tests.support.guest import wait_until
+from tests.support.hosts import ns
 from tests.support.http import FileServer, serve_directory
 from tests.support.network import InstanceNetwork
 
@@ -101,3 +102,26 @@ def node_of(cc: CcDaemon, instance_id: str) -> str:
         "instances"
     ]
     return str(view["node"])
+
+
+def peered_ccs(
+    cc_factory: Callable[..., CcDaemon],
+    heads: tuple[str, str],
+    settings: dict[str, Any],
+    zone_b: dict[str, Any],
+) -> dict[str, CcDaemon]:
+    """The CCs of the test bed's two clusters (the ``two_clusters`` fixture), by zone,
+    each joined to the other over the head nodes' LAN (``heads``: their addresses
+    there): zone-a's here, zone-b's on head node h2, with ``zone_b``'s keys too."""
+    here, there = heads
+    return {
+        "zone-a": cc_factory(overlay_peers=[there], overlay_peer_address=here, **settings),
+        "zone-b": cc_factory(
+            netns=ns("h2"),
+            address=there,
+            overlay_peers=[here],
+            overlay_peer_address=there,
+            **zone_b,
+            **settings,
+        ),
+    }

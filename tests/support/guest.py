@@ -190,3 +190,16 @@ class GuestShell:
         with contextlib.suppress(libvirt.libvirtError):
             self._stream.finish()
         self._connection.close()
+
+
+def booted_console(ec2: Any, instance_id: str, timeout_s: float = 300) -> str:
+    """The instance's console output, once the tiny guest booted (its marker printed)."""
+    output = ""
+
+    def booted() -> bool:
+        nonlocal output
+        output = ec2.get_console_output(InstanceId=instance_id).get("Output", "")
+        return MARKER in output
+
+    wait_until(booted, timeout_s, f"{MARKER} on the console of {instance_id}")
+    return output
