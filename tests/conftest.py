@@ -9,6 +9,10 @@ import pytest
 
 from tests.support.http import FileServer, serve_directory
 
+# The conformance checks of an installed cloud run against an inventory's hosts
+# (tests/infra/pytest.ini); the end-to-end tests run them on their test bed.
+collect_ignore = ["infra"]
+
 
 @pytest.fixture
 def file_server(tmp_path: Path) -> Iterator[FileServer]:

@@ -1,0 +1,224 @@
+"""The one-button install on a test bed of real systemd hosts (tests/support/testbed.py):
+a cloud head, a cluster head and two workers reached only through it, installed over
+SSH by install.yml, checked by the shipped testinfra checks, used with the aws CLI,
+and taken away by uninstall.yml. The tests run in order, on one bed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import testbed
+from tests.support.guest import wait_until
+from tests.support.testbed import CLOUD_HEAD, CLUSTER_HEAD, HOSTS, REPO, WORKERS
+
+BOOT_MARKER = "MALLEE-BOOT-OK"
+
+
+def playbook(inventory: Path, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP's counts per host."""
+    counts = {}
+    for line in output.split("PLAY RECAP", 1)[1].splitlines()[1:]:
+        if m := re.match(r"(\S+)\s+:\s+(.*)", line):
+            counts[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
+    return counts
+
+
+def states() -> dict[str, dict[str, list[str]]]:
+    return {h.name: testbed.host_state(h) for h in HOSTS}
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with testbed.test_bed(tmp_path_factory.mktemp("bed")) as inventory:
+        yield inventory
+
+
+@pytest.fixture(scope="module")
+def before(bed: Path) -> dict[str, dict[str, list[str]]]:
+    """Every host as the site had it, before mallee."""
+    return states()
+
+
+def _without_group(group: str) -> Callable[[dict[str, Any]], None]:
+    def edit(inventory: dict[str, Any]) -> None:
+        del inventory["all"]["children"][group]
+
+    return edit
+
+
+def _on_workers(**settings: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(inventory: dict[str, Any]) -> None:
+        for w in WORKERS:
+            inventory["all"]["hosts"][w.name].update(settings)
+
+    return edit
+
+
+@contextmanager
+def _port_taken() -> Iterator[None]:
+    WORKERS[0].run("systemd-run --unit=bed-squatter python3 -m http.server 8775")
+    try:
+        yield
+    finally:
+        WORKERS[0].run("systemctl stop bed-squatter")
+
+
+@contextmanager
+def _cluster_head_blocked() -> Iterator[None]:
+    """A firewall on the first worker that drops what it sends to the CC's port."""
+    WORKERS[0].run(
+        "nft add table ip bed_block && nft add chain ip bed_block out"
+        " '{ type filter hook output priority 0; }' &&"
+        f" nft add rule ip bed_block out ip daddr {testbed.WORKERS_GATEWAY} tcp dport 8774 drop"
+    )
+    try:
+        yield
+    finally:
+        WORKERS[0].run("nft delete table ip bed_block")
+
+
+BAD_INVENTORIES: dict[str, tuple[Callable[[dict[str, Any]], None], Any, str]] = {
+    "missing group": (_without_group("cc"), nullcontext, "no host of group cc heads its zone"),
+    "unknown interface": (
+        _on_workers(nc_public_bridge="br-site"),
+        nullcontext,
+        'nc_public_bridge "br-site" is not a bridge of this host',
+    ),
+    "port taken": (
+        lambda inventory: None,
+        _port_taken,
+        "port 8775, which mallee-nc needs, is taken by another program",
+    ),
+    "no virtualization": (
+        _on_workers(nc_allow_tcg=False),
+        nullcontext,
+        "has no usable hardware virtualization",
+    ),
+    "worker cut off from its CC": (
+        lambda inventory: None,
+        _cluster_head_blocked,
+        f"bed-w1 cannot reach its cluster head bed-head at {testbed.WORKERS_GATEWAY}:8774",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INVENTORIES)
+def test_bad_inventory_stops_in_prechecks_and_changes_nothing(bed, before, case):
+    edit, situation, message = BAD_INVENTORIES[case]
+    inventory = yaml.safe_load(bed.read_text())
+    edit(inventory)
+    bad = bed.with_name(f"bad-{case.replace(' ', '-')}.yml")
+    bad.write_text(yaml.safe_dump(inventory))
+    situation_now: AbstractContextManager[None] = situation()
+    with situation_now:
+        run = playbook(bad, "install.yml")
+    assert run.returncode != 0
+    said = " ".join(run.stdout.split())
+    assert message in said, run.stdout[-3000:]
+    assert all(c["changed"] == 0 for c in recap(run.stdout).values()), run.stdout[-3000:]
+    assert states() == before
+
+
+@pytest.fixture(scope="module")
+def installed(bed, before) -> subprocess.CompletedProcess[str]:
+    return playbook(bed, "install.yml")
+
+
+def test_install_succeeds(installed):
+    assert installed.returncode == 0, installed.stdout[-5000:] + installed.stderr[-2000:]
+    assert set(recap(installed.stdout)) == {h.name for h in HOSTS}
+
+
+def test_second_run_changes_nothing(bed, installed):
+    again = playbook(bed, "install.yml")
+    assert again.returncode == 0, again.stdout[-5000:]
+    assert {h: c["changed"] for h, c in recap(again.stdout).items()} == dict.fromkeys(
+        (h.name for h in HOSTS), 0
+    ), again.stdout[-5000:]
+
+
+def conformance_checks(inventory: Path, *paths: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["pytest", "-c", "tests/infra/pytest.ini", *(paths or ["tests/infra"]),
+         "--hosts=ansible://all", f"--ansible-inventory={inventory}", "-q"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_conformance_checks_pass_on_every_host(bed, installed):
+    checks = conformance_checks(bed)
+    assert checks.returncode == 0, checks.stdout[-5000:]
+    assert re.search(r"\b[1-9]\d* passed", checks.stdout), checks.stdout[-2000:]
+
+
+def test_an_instance_runs_on_a_worker_through_the_aws_cli(bed, installed):
+    """Run with the administrator's profile on the cloud head, it boots on a worker,
+    takes its private address from the CC across the VDE wire and reads its metadata
+    through the CC's proxy (the CLC is on another host)."""
+
+    def ec2(command: str) -> Any:
+        out = CLOUD_HEAD.run(f"aws --profile mallee --output json ec2 {command}")
+        return json.loads(out) if out.strip() else None
+
+    image = ec2(
+        "describe-images --filters Name=name,Values=ttylinux Name=image-type,Values=machine"
+    )["Images"][0]["ImageId"]
+    instance = ec2(f"run-instances --image-id {image} --instance-type m1.small")["Instances"][0]
+    instance_id = instance["InstanceId"]
+    try:
+        CLOUD_HEAD.run(
+            f"aws --profile mallee ec2 wait instance-running --instance-ids {instance_id}"
+        )
+        listed = CLOUD_HEAD.run("mallee-admin instance list")
+        node = next(line.split("\t")[4] for line in listed.splitlines() if instance_id in line)
+        assert node in {w.name for w in WORKERS}
+
+        console = ""
+
+        def booted() -> bool:
+            nonlocal console
+            console = ec2(f"get-console-output --instance-id {instance_id}").get("Output", "")
+            return BOOT_MARKER in console
+
+        wait_until(booted, 300, f"{BOOT_MARKER} on {instance_id}'s console")
+        assert f"metadata instance-id {instance_id}" in console, console[-2000:]
+        assert "OPENSSL:" in CLUSTER_HEAD.run("ps -eo args | grep '^socat' || true")
+        wires = conformance_checks(bed, "tests/infra/vde")
+        assert wires.returncode == 0, wires.stdout[-5000:]
+    finally:
+        ec2(f"terminate-instances --instance-ids {instance_id}")
+    CLOUD_HEAD.run(
+        f"aws --profile mallee ec2 wait instance-terminated --instance-ids {instance_id}"
+    )
+
+
+def test_uninstall_leaves_every_host_as_it_was(bed, before, installed):
+    removed = playbook(bed, "uninstall.yml")
+    assert removed.returncode == 0, removed.stdout[-5000:]
+    after = states()
+    for h in HOSTS:
+        for what, lines in before[h.name].items():
+            gained = sorted(set(after[h.name][what]) - set(lines))
+            lost = sorted(set(lines) - set(after[h.name][what]))
+            assert (gained, lost) == ([], []), f"{h.name}: {what} differ"

@@ -1,0 +1,54 @@
+"""The roles' filters (filter_plugins/mallee.py): which services a host runs, and how
+a section of mallee.conf is written."""
+
+import importlib.util
+import tomllib
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "mallee_filters", Path(__file__).resolve().parents[2] / "filter_plugins" / "mallee.py"
+)
+assert _spec and _spec.loader
+filters = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(filters)
+
+SERVICES = {
+    "mallee-nc": {"group": "nc", "unit": "mallee-nc.service", "enabled": True, "ports": [8775]},
+    "vde-wire": {"group": "nc", "unit": "mallee-nc.service", "enabled": False, "ports": [8776]},
+    "mallee-cc": {"group": "cc", "unit": "mallee-cc.service", "enabled": True, "ports": [8774]},
+}
+
+
+def test_a_host_runs_the_enabled_services_of_its_groups():
+    assert list(filters.services_on_host(SERVICES, ["nc", "vde"])) == ["mallee-nc"]
+    assert list(filters.services_on_host(SERVICES, ["cc", "nc"])) == ["mallee-nc", "mallee-cc"]
+    assert filters.services_on_host(SERVICES, ["clc"]) == {}
+
+
+def test_a_service_without_its_group_or_ports_is_refused_by_name():
+    broken = {"mallee-nc": {"unit": "mallee-nc.service", "enabled": True}}
+    with pytest.raises(ValueError, match="'mallee-nc' lacks group, ports"):
+        filters.services_on_host(broken, ["nc"])
+
+
+def test_a_section_reads_back_as_the_settings_given():
+    settings = {
+        "listen": "0.0.0.0",
+        "port": 8775,
+        "poll_interval_s": 5.0,
+        "tls": True,
+        "overlay_peers": ["192.0.2.21", "192.0.2.22"],
+        "metadata_proxy_secret": 'quo"te\\back',
+        "kernel_cmdline": "console=ttyS0 root=/dev/vda é",
+    }
+    written = filters.toml_section(settings, "nc")
+    assert tomllib.loads(written) == {"nc": settings}
+
+
+def test_a_nested_or_missing_value_is_refused_by_key():
+    with pytest.raises(ValueError, match=r"\[cc\] peers: \{"):
+        filters.toml_section({"peers": {"a": 1}}, "cc")
+    with pytest.raises(ValueError, match=r"\[cc\] url: None"):
+        filters.toml_section({"url": None}, "cc")
