@@ -5,6 +5,7 @@ and taken away by uninstall.yml. The tests run in order, on one bed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -150,6 +151,63 @@ def test_install_succeeds(installed):
     assert set(recap(installed.stdout)) == {h.name for h in HOSTS}
 
 
+# What README.md says the install changes besides the packages it adds (and what those
+# packages made, which the install records for uninstall.yml): mallee's own files, and
+# the files the packages' scripts rewrite.
+MALLEE_PATHS = re.compile(
+    r"/etc/mallee(/|$)|/etc/systemd/system/(multi-user\.target\.wants/)?mallee-\w+\.service"
+)
+REWRITTEN = {
+    *(f"/etc/{f}{b}" for f in ("passwd", "group", "shadow", "gshadow") for b in ("", "-")),
+    "/etc/subuid", "/etc/subgid", "/etc/ld.so.cache",
+    "/etc/libvirt/qemu.conf",  # cgroup_controllers, on a node that is a container
+    # pam-auth-update's, as libpam-systemd (which libvirt's systemd support needs) comes
+    "/etc/pam.d/common-session",
+}  # fmt: skip
+MALLEE_FOLDERS = {"mallee", "mallee-admin", "mallee-ca", "mallee-cc", "mallee-clc", "mallee-nc",
+                  "aws", ".mallee", ".aws"}  # fmt: skip
+
+
+def test_install_changes_only_what_the_readme_lists(before, installed):
+    for h in HOSTS:
+        after = testbed.host_state(h)
+        recorded = set(json.loads(h.run("cat /var/lib/mallee/install-state.json"))["added"])
+        added_paths = {r.removeprefix("path:") for r in recorded if r.startswith("path:")}
+
+        gained, lost = _changed(before[h.name], after, "packages")
+        assert not lost, f"{h.name}: packages the site had were removed or changed: {lost}"
+        assert {line.split()[1] for line in gained} <= recorded, f"{h.name}: unrecorded packages"
+        for what in ("etc", "etc contents"):
+            gained, lost = _changed(before[h.name], after, what)
+            paths = {_path(line, what) for line in gained | lost}
+            unlisted = {
+                p for p in paths
+                if not (MALLEE_PATHS.match(p) or p in added_paths or p in REWRITTEN)
+            }  # fmt: skip
+            assert not unlisted, f"{h.name}: {what} changed outside README's list: {unlisted}"
+        gained, lost = _changed(before[h.name], after, "folders")
+        assert not lost, f"{h.name}: {lost} went away"
+        unlisted = {
+            f for f in gained if f not in MALLEE_FOLDERS and f"/var/lib/{f}" not in added_paths
+        }
+        assert not unlisted, f"{h.name}: new in /opt, /var/lib, /usr/local/bin or /root: {unlisted}"
+        gained, lost = _changed(before[h.name], after, "services")
+        assert not lost, f"{h.name}: services that ran no longer do: {lost}"
+
+
+def _changed(
+    before: dict[str, list[str]], after: dict[str, list[str]], what: str
+) -> tuple[set[str], set[str]]:
+    """The lines of ``what`` that the host gained, and those it lost."""
+    return set(after[what]) - set(before[what]), set(before[what]) - set(after[what])
+
+
+def _path(line: str, what: str) -> str:
+    """The path of a line of host_state's "etc" (path first) or "etc contents" (after
+    the digest)."""
+    return line.split()[0] if what == "etc" else line.split(maxsplit=1)[1]
+
+
 def test_second_run_changes_nothing(bed, installed):
     again = playbook(bed, "install.yml")
     assert again.returncode == 0, again.stdout[-5000:]
@@ -216,9 +274,17 @@ def test_an_instance_runs_on_a_worker_through_the_aws_cli(bed, installed):
 def test_uninstall_leaves_every_host_as_it_was(bed, before, installed):
     removed = playbook(bed, "uninstall.yml")
     assert removed.returncode == 0, removed.stdout[-5000:]
-    after = states()
+    after: dict[str, dict[str, list[str]]] = {}
+
+    def as_before() -> bool:
+        # The hosts' login sessions of the run end (and systemd stops root's user
+        # manager) a few seconds after its connections close.
+        after.update(states())
+        return after == before
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(as_before, 60, "every host as it was")
     for h in HOSTS:
-        for what, lines in before[h.name].items():
-            gained = sorted(set(after[h.name][what]) - set(lines))
-            lost = sorted(set(lines) - set(after[h.name][what]))
-            assert (gained, lost) == ([], []), f"{h.name}: {what} differ"
+        for what in before[h.name]:
+            gained, lost = _changed(before[h.name], after[h.name], what)
+            assert (sorted(gained), sorted(lost)) == ([], []), f"{h.name}: {what} differ"
