@@ -57,10 +57,14 @@ def timed_playbook(inventory: Path, name: str) -> tuple[float, list[tuple[str, f
 
 
 def show(title: str, took: float, phases: list[tuple[str, float]]) -> None:
-    print(f"\n{title}: {took:.0f} s")
+    """Each phase's total, in the order phases first began (a role's tasks interleave
+    with the common tasks it includes)."""
+    totals: dict[str, float] = {}
     for name, seconds in phases:
-        if seconds >= 0.5:
-            print(f"  {seconds:7.1f} s  {name}")
+        totals[name] = totals.get(name, 0.0) + seconds
+    print(f"\n{title}: {took:.0f} s")
+    for name, seconds in totals.items():
+        print(f"  {seconds:7.1f} s  {name}")
 
 
 def bench_bed() -> None:
@@ -90,7 +94,7 @@ def box_run() -> tuple[float, list[tuple[str, float]]]:
         raise SystemExit(f"tools/cloud-in-a-box failed:\n{run.stdout[-4000:]}")
     marks = re.findall(r"^== (\d\d):(\d\d):(\d\d) cloud-in-a-box: (.*)$", run.stdout, re.M)
     seconds = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s, _ in marks]
-    ends = [*seconds[1:], seconds[0] + round(took)]
+    ends = [*seconds[1:], max(seconds[-1], seconds[0] + round(took))]
     spans = zip(marks, seconds, ends, strict=True)
     phases = [(m[3], float((end - start) % 86400)) for m, start, end in spans]
     return took, phases

@@ -5,7 +5,7 @@ schema is enforced in one place and unit-tested (tests/unit/test_ansible_filters
 """
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 SERVICE_KEYS = ("group", "unit", "enabled", "ports")
@@ -39,6 +39,28 @@ def toml_section(settings: Mapping[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
+def added_by_install(added: Iterable[str]) -> list[str]:
+    """Of the lines host-inventory.sh gained across a package install, those the
+    install can be held to: every package, user and group, but only the paths inside
+    a folder of /etc or /var/lib that is new itself (``path:/etc/libvirt/...`` when
+    ``path:/etc/libvirt`` is new), so that a file another program wrote meanwhile in a
+    folder the host had is never taken for the install's, nor removed by uninstall."""
+    lines = set(added)
+    kept = []
+    for line in sorted(lines):
+        if line.startswith("path:"):
+            depth = 4 if line.startswith("path:/var/lib/") else 3
+            top = "/".join(line.removeprefix("path:").split("/")[:depth])
+            if f"path:{top}" not in lines:
+                continue
+        kept.append(line)
+    return kept
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"services_on_host": services_on_host, "toml_section": toml_section}
+        return {
+            "services_on_host": services_on_host,
+            "toml_section": toml_section,
+            "added_by_install": added_by_install,
+        }

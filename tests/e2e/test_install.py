@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -156,6 +157,9 @@ def test_install_succeeds(installed):
 # the files the packages' scripts rewrite.
 MALLEE_PATHS = re.compile(
     r"/etc/mallee(/|$)|/etc/systemd/system/(multi-user\.target\.wants/)?mallee-\w+\.service"
+    # the links by which the packages' scripts enable their units (and systemd's own
+    # machines.target, which systemd-container's enables)
+    r"|/etc/systemd/system/[^/]+\.wants(/|$)"
 )
 REWRITTEN = {
     *(f"/etc/{f}{b}" for f in ("passwd", "group", "shadow", "gshadow") for b in ("", "-")),
@@ -164,8 +168,10 @@ REWRITTEN = {
     # pam-auth-update's, as libpam-systemd (which libvirt's systemd support needs) comes
     "/etc/pam.d/common-session",
 }  # fmt: skip
-MALLEE_FOLDERS = {"mallee", "mallee-admin", "mallee-ca", "mallee-cc", "mallee-clc", "mallee-nc",
-                  "aws", ".mallee", ".aws"}  # fmt: skip
+MALLEE_FOLDERS = {
+    "/opt/mallee", "/var/lib/mallee", "/root/.aws", "/usr/local/bin/aws",
+    *(f"/usr/local/bin/mallee-{c}" for c in ("nc", "cc", "clc", "ca", "admin")),
+}  # fmt: skip
 
 
 def test_install_changes_only_what_the_readme_lists(before, installed):
@@ -177,6 +183,7 @@ def test_install_changes_only_what_the_readme_lists(before, installed):
         gained, lost = _changed(before[h.name], after, "packages")
         assert not lost, f"{h.name}: packages the site had were removed or changed: {lost}"
         assert {line.split()[1] for line in gained} <= recorded, f"{h.name}: unrecorded packages"
+        packages = {r for r in recorded if not r.startswith(("path:", "user:", "group:"))}
         for what in ("etc", "etc contents"):
             gained, lost = _changed(before[h.name], after, what)
             paths = {_path(line, what) for line in gained | lost}
@@ -184,12 +191,11 @@ def test_install_changes_only_what_the_readme_lists(before, installed):
                 p for p in paths
                 if not (MALLEE_PATHS.match(p) or p in added_paths or p in REWRITTEN)
             }  # fmt: skip
+            unlisted -= _of_packages(h, unlisted, packages)
             assert not unlisted, f"{h.name}: {what} changed outside README's list: {unlisted}"
         gained, lost = _changed(before[h.name], after, "folders")
         assert not lost, f"{h.name}: {lost} went away"
-        unlisted = {
-            f for f in gained if f not in MALLEE_FOLDERS and f"/var/lib/{f}" not in added_paths
-        }
+        unlisted = {f for f in gained if f not in MALLEE_FOLDERS and f not in added_paths}
         assert not unlisted, f"{h.name}: new in /opt, /var/lib, /usr/local/bin or /root: {unlisted}"
         gained, lost = _changed(before[h.name], after, "services")
         assert not lost, f"{h.name}: services that ran no longer do: {lost}"
@@ -200,6 +206,22 @@ def _changed(
 ) -> tuple[set[str], set[str]]:
     """The lines of ``what`` that the host gained, and those it lost."""
     return set(after[what]) - set(before[what]), set(before[what]) - set(after[what])
+
+
+def _of_packages(h: testbed.BedHost, paths: set[str], packages: set[str]) -> set[str]:
+    """Those of ``paths`` that belong to one of ``packages``: their files, and the links
+    their scripts made to their files (systemd's enablement links, alternatives)."""
+    if not paths:
+        return set()
+    script = (  # dpkg knows a file by the path its package gave (/lib, not /usr/lib)
+        'for p in "$@"; do o=$(dpkg-query -S "$p" 2>/dev/null'
+        ' || dpkg-query -S "$(readlink "$p")" 2>/dev/null'
+        ' || dpkg-query -S "$(readlink -f "$p")" 2>/dev/null);'
+        ' echo "$p|${o%%:*}"; done'
+    )
+    quoted = " ".join(shlex.quote(p) for p in sorted(paths))
+    owners = h.run(f"bash -c {shlex.quote(script)} _ {quoted}").splitlines()
+    return {p for p, _, owner in (line.partition("|") for line in owners) if owner in packages}
 
 
 def _path(line: str, what: str) -> str:

@@ -154,7 +154,9 @@ def host_state(h: BedHost) -> dict[str, list[str]]:
         "etc contents": h.run(
             "find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum"
         ).splitlines(),
-        "folders": h.run("ls -A /opt /var/lib /usr/local/bin /root").splitlines(),
+        "folders": h.run(
+            'for d in /opt /var/lib /usr/local/bin /root; do ls -A $d | sed "s|^|$d/|"; done'
+        ).splitlines(),
         "services": h.run(
             "systemctl list-units --type=service --state=running --no-legend --plain"
             " | awk '{print $1}' | sort"

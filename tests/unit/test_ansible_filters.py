@@ -33,6 +33,22 @@ def test_a_service_without_its_group_or_ports_is_refused_by_name():
         filters.services_on_host(broken, ["nc"])
 
 
+def test_the_install_is_held_to_paths_in_folders_it_made_and_nothing_else():
+    gained = [
+        "libvirt-daemon",
+        "user:libvirt-qemu",
+        "group:kvm",
+        "path:/etc/libvirt",
+        "path:/etc/libvirt/qemu.conf",
+        "path:/var/lib/libvirt",
+        "path:/var/lib/libvirt/qemu",
+        # written meanwhile by other programs, in folders the host had
+        "path:/etc/cron.d/backup",
+        "path:/var/lib/postgresql/15/main/base/1/1259",
+    ]
+    assert filters.added_by_install(gained) == sorted(gained[:7])
+
+
 def test_a_section_reads_back_as_the_settings_given():
     settings = {
         "listen": "0.0.0.0",
