@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from mallee.common import host
-from tests.e2e.test_install import recap
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.testbed import REPO, recap
 
 
 def cloud_in_a_box(*args: str) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import yaml
 
 from tests.support import testbed
 from tests.support.guest import wait_until
-from tests.support.testbed import CLOUD_HEAD, CLUSTER_HEAD, HOSTS, REPO, WORKERS
+from tests.support.testbed import CLOUD_HEAD, CLUSTER_HEAD, HOSTS, REPO, WORKERS, recap
 
 BOOT_MARKER = "MALLEE-BOOT-OK"
 
@@ -35,15 +35,6 @@ def playbook(inventory: Path, name: str) -> subprocess.CompletedProcess[str]:
         timeout=1800,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
     )
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP's counts per host."""
-    counts = {}
-    for line in output.split("PLAY RECAP", 1)[1].splitlines()[1:]:
-        if m := re.match(r"(\S+)\s+:\s+(.*)", line):
-            counts[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
-    return counts
 
 
 def states() -> dict[str, dict[str, list[str]]]:

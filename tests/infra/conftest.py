@@ -52,6 +52,33 @@ def _resolve(value: Any, variables: dict[str, Any]) -> Any:
     return value
 
 
+def check_units_running(host: Any, units: list[str]) -> None:
+    """Each of ``units`` is enabled and running."""
+    for name in units:
+        unit = host.service(name)
+        assert unit.is_enabled, f"{name} is not enabled"
+        assert unit.is_running, f"{name} is not running"
+
+
+def units_of(role: str, host: Any) -> list[str]:
+    """The units of the host's ``<role>_services``, each once."""
+    return list(dict.fromkeys(s["unit"] for s in services(role, host).values()))
+
+
+def check_ports_listen(host: Any, role: str) -> None:
+    """Every port of the host's ``<role>_services`` listens on every interface."""
+    for name, service in services(role, host).items():
+        for port in service["ports"]:
+            assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, f"{name}: nothing on {port}"
+
+
+def check_config_file(host: Any, section: str) -> None:
+    """mallee.conf is root's alone (it may hold secrets) and has ``[section]``."""
+    config = host.file(variables(host)["mallee_config_file"])
+    assert (config.user, config.group, config.mode) == ("root", "root", 0o600)
+    assert f"[{section}]" in config.content_string
+
+
 def check_certificate(host: Any, path: str, role: str) -> None:
     """The certificate at ``path`` is the cloud CA's, for ``role``, and valid for at
     least 30 more days."""

@@ -7,6 +7,7 @@ only the cluster head reaches (it routes them out, as cluster heads do). The con
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -140,6 +141,15 @@ def _masquerade(source: str, condition: str) -> str:
         f"  type nat hook postrouting priority srcnat;\n"
         f"  ip saddr {source} {condition} masquerade\n }}\n}}\n"
     )
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP's counts per host."""
+    counts = {}
+    for line in output.split("PLAY RECAP", 1)[1].splitlines()[1:]:
+        if m := re.match(r"(\S+)\s+:\s+(.*)", line):
+            counts[m[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m[2])}
+    return counts
 
 
 def host_state(h: BedHost) -> dict[str, list[str]]:

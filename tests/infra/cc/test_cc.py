@@ -1,6 +1,14 @@
 """A cluster head: the CC installed, running, listening, configured, its nodes up."""
 
-from tests.infra.conftest import check_certificate, clc_host, services, variables
+from tests.infra.conftest import (
+    check_certificate,
+    check_config_file,
+    check_ports_listen,
+    check_units_running,
+    clc_host,
+    units_of,
+    variables,
+)
 
 testinfra_hosts = ["ansible://cc"]
 
@@ -11,22 +19,15 @@ def test_mallee_is_installed(host):
 
 
 def test_unit_is_enabled_and_running(host):
-    for service in services("cc", host).values():
-        unit = host.service(service["unit"])
-        assert unit.is_enabled, f"{service['unit']} is not enabled"
-        assert unit.is_running, f"{service['unit']} is not running"
+    check_units_running(host, units_of("cc", host))
 
 
 def test_ports_listen(host):
-    for name, service in services("cc", host).items():
-        for port in service["ports"]:
-            assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, f"{name}: nothing on {port}"
+    check_ports_listen(host, "cc")
 
 
-def test_config_file_is_roots_alone(host, inventory):
-    config = host.file(inventory["mallee_config_file"])
-    assert (config.user, config.group, config.mode) == ("root", "root", 0o600)
-    assert "[cc]" in config.content_string
+def test_config_file_is_roots_alone(host):
+    check_config_file(host, "cc")
 
 
 def test_certificate_is_valid(host, inventory):

@@ -2,7 +2,14 @@
 
 import json
 
-from tests.infra.conftest import check_certificate, services, variables
+from tests.infra.conftest import (
+    check_certificate,
+    check_config_file,
+    check_ports_listen,
+    check_units_running,
+    units_of,
+    variables,
+)
 
 testinfra_hosts = ["ansible://clc"]
 
@@ -13,22 +20,15 @@ def test_mallee_is_installed(host):
 
 
 def test_unit_is_enabled_and_running(host):
-    for service in services("clc", host).values():
-        unit = host.service(service["unit"])
-        assert unit.is_enabled, f"{service['unit']} is not enabled"
-        assert unit.is_running, f"{service['unit']} is not running"
+    check_units_running(host, units_of("clc", host))
 
 
 def test_ports_listen(host):
-    for name, service in services("clc", host).items():
-        for port in service["ports"]:
-            assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, f"{name}: nothing on {port}"
+    check_ports_listen(host, "clc")
 
 
-def test_config_file_is_roots_alone(host, inventory):
-    config = host.file(inventory["mallee_config_file"])
-    assert (config.user, config.group, config.mode) == ("root", "root", 0o600)
-    assert "[clc]" in config.content_string
+def test_config_file_is_roots_alone(host):
+    check_config_file(host, "clc")
 
 
 def test_certificate_is_valid(host, inventory):

@@ -1,6 +1,12 @@
 """A node: the NC and libvirt installed, running, listening, configured."""
 
-from tests.infra.conftest import check_certificate, services
+from tests.infra.conftest import (
+    check_certificate,
+    check_config_file,
+    check_ports_listen,
+    check_units_running,
+    units_of,
+)
 
 testinfra_hosts = ["ansible://nc"]
 
@@ -12,27 +18,19 @@ def test_mallee_and_libvirt_are_installed(host):
 
 
 def test_units_are_enabled_and_running(host):
-    units = [service["unit"] for service in services("nc", host).values()] + ["libvirtd.service"]
-    for name in units:
-        unit = host.service(name)
-        assert unit.is_enabled, f"{name} is not enabled"
-        assert unit.is_running, f"{name} is not running"
+    check_units_running(host, [*units_of("nc", host), "libvirtd.service"])
 
 
 def test_ports_listen(host):
-    for name, service in services("nc", host).items():
-        for port in service["ports"]:
-            assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, f"{name}: nothing on {port}"
+    check_ports_listen(host, "nc")
 
 
 def test_libvirt_answers(host):
     assert "Running hypervisor: QEMU" in host.check_output("virsh -c qemu:///system version")
 
 
-def test_config_file_is_roots_alone(host, inventory):
-    config = host.file(inventory["mallee_config_file"])
-    assert (config.user, config.group, config.mode) == ("root", "root", 0o600)
-    assert "[nc]" in config.content_string
+def test_config_file_is_roots_alone(host):
+    check_config_file(host, "nc")
 
 
 def test_certificate_is_valid(host, inventory):
