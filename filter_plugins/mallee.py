@@ -1,4 +1,5 @@
-"""Filters the roles share: the services one host runs, and a section of mallee.conf.
+"""Filters the roles share: the services and units one host runs, a section of
+mallee.conf, and what a package install added.
 
 Kept in Python, as kolla-ansible keeps its service filters, so the services dicts'
 schema is enforced in one place and unit-tested (tests/unit/test_ansible_filters.py).
@@ -23,6 +24,14 @@ def services_on_host(
         if service["enabled"] and service["group"] in group_names:
             chosen[name] = dict(service)
     return chosen
+
+
+def units_on_host(
+    services: Mapping[str, Mapping[str, Any]], group_names: Sequence[str]
+) -> list[str]:
+    """The systemd units of the services this host runs, each once, in the dict's order."""
+    units = (service["unit"] for service in services_on_host(services, group_names).values())
+    return list(dict.fromkeys(units))
 
 
 def toml_section(settings: Mapping[str, Any], name: str) -> str:
@@ -61,6 +70,7 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "services_on_host": services_on_host,
+            "units_on_host": units_on_host,
             "toml_section": toml_section,
             "added_by_install": added_by_install,
         }

@@ -108,6 +108,11 @@ BAD_INVENTORIES: dict[str, tuple[Callable[[dict[str, Any]], None], Any, str]] = 
         nullcontext,
         "has no usable hardware virtualization",
     ),
+    "a hypervisor the host lacks": (
+        _on_workers(nc_hypervisor="kvm"),
+        nullcontext,
+        "nc_hypervisor is kvm, but the host has no usable KVM",
+    ),
     "worker cut off from its CC": (
         lambda inventory: None,
         _cluster_head_blocked,

@@ -1,5 +1,5 @@
-"""The roles' filters (filter_plugins/mallee.py): which services a host runs, and how
-a section of mallee.conf is written."""
+"""The roles' filters (filter_plugins/mallee.py): which services and units a host runs,
+how a section of mallee.conf is written, and what a package install is held to."""
 
 import importlib.util
 import tomllib
@@ -25,6 +25,14 @@ def test_a_host_runs_the_enabled_services_of_its_groups():
     assert list(filters.services_on_host(SERVICES, ["nc", "vde"])) == ["mallee-nc"]
     assert list(filters.services_on_host(SERVICES, ["cc", "nc"])) == ["mallee-nc", "mallee-cc"]
     assert filters.services_on_host(SERVICES, ["clc"]) == {}
+
+
+def test_services_sharing_a_unit_start_it_once():
+    shared = {
+        **SERVICES,
+        "metadata": {"group": "cc", "unit": "mallee-cc.service", "enabled": True, "ports": [80]},
+    }
+    assert filters.units_on_host(shared, ["cc", "nc"]) == ["mallee-nc.service", "mallee-cc.service"]
 
 
 def test_a_service_without_its_group_or_ports_is_refused_by_name():
