@@ -13,25 +13,31 @@ SERVICE_KEYS = ("group", "unit", "enabled", "ports")
 
 
 def services_on_host(
-    services: Mapping[str, Mapping[str, Any]], group_names: Sequence[str]
+    services: Mapping[str, Mapping[str, Any]],
+    group_names: Sequence[str],
+    enabled_only: bool = True,
 ) -> dict[str, Any]:
-    """The enabled entries of a ``<role>_services`` dict whose group this host is in."""
+    """The entries of a ``<role>_services`` dict whose group this host is in: the
+    enabled ones, or all (``enabled_only=False``: what uninstall removes)."""
     chosen = {}
     for name, service in services.items():
         missing = [key for key in SERVICE_KEYS if key not in service]
         if missing:
             raise ValueError(f"service {name!r} lacks {', '.join(missing)}")
-        if service["enabled"] and service["group"] in group_names:
+        if (service["enabled"] or not enabled_only) and service["group"] in group_names:
             chosen[name] = dict(service)
     return chosen
 
 
 def units_on_host(
-    services: Mapping[str, Mapping[str, Any]], group_names: Sequence[str]
+    services: Mapping[str, Mapping[str, Any]],
+    group_names: Sequence[str],
+    enabled_only: bool = True,
 ) -> list[str]:
-    """The systemd units of the services this host runs, each once, in the dict's order."""
-    units = (service["unit"] for service in services_on_host(services, group_names).values())
-    return list(dict.fromkeys(units))
+    """The systemd units of the host's services (as ``services_on_host`` chooses
+    them), each once, in the dict's order."""
+    chosen = services_on_host(services, group_names, enabled_only)
+    return list(dict.fromkeys(service["unit"] for service in chosen.values()))
 
 
 def toml_section(settings: Mapping[str, Any], name: str) -> str:

@@ -111,7 +111,7 @@ BAD_INVENTORIES: dict[str, tuple[Callable[[dict[str, Any]], None], Any, str]] = 
     "a hypervisor the host lacks": (
         _on_workers(nc_hypervisor="kvm"),
         nullcontext,
-        "nc_hypervisor is kvm, but the host has no usable KVM",
+        "nc_hypervisor is kvm, but the host has no /dev/kvm",
     ),
     "worker cut off from its CC": (
         lambda inventory: None,

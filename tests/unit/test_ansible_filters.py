@@ -35,6 +35,13 @@ def test_services_sharing_a_unit_start_it_once():
     assert filters.units_on_host(shared, ["cc", "nc"]) == ["mallee-nc.service", "mallee-cc.service"]
 
 
+def test_uninstall_removes_the_units_of_services_turned_off_since():
+    assert filters.units_on_host(SERVICES, ["nc"]) == ["mallee-nc.service"]
+    off = {**SERVICES, "mallee-nc": {**SERVICES["mallee-nc"], "enabled": False}}
+    assert filters.units_on_host(off, ["nc"]) == []
+    assert filters.units_on_host(off, ["nc"], enabled_only=False) == ["mallee-nc.service"]
+
+
 def test_a_service_without_its_group_or_ports_is_refused_by_name():
     broken = {"mallee-nc": {"unit": "mallee-nc.service", "enabled": True}}
     with pytest.raises(ValueError, match="'mallee-nc' lacks group, ports"):

@@ -1,16 +1,18 @@
-"""The VDE overlay's hosts: vde2 and socat installed, the host's switch answering on
-its management socket, each node waiting for its CC's wire or connected to it. Each
-mallee daemon runs its host's switch and wires (docs/architecture.md)."""
+"""The VDE overlay's hosts: vde2 and socat installed, each daemon's switch running in
+the daemon's own unit and answering on its management socket, each node waiting for
+its CC's wire or connected to it. Each mallee daemon runs its host's switch and wires
+(docs/architecture.md), so systemd stops and restarts them with it."""
 
-from tests.infra.conftest import services
+import re
+
+from tests.infra.conftest import services, units_of
 
 testinfra_hosts = ["ansible://vde"]
 
-# Where each daemon keeps its switch: [nc] instance_dir/.vde, [cc] state_dir/vde.
-SWITCHES = {
-    "nc": "/var/lib/mallee/nc/instances/.vde/mgmt",
-    "cc": "/var/lib/mallee/cc/vde/mgmt",
-}
+
+def processes(host) -> list[list[str]]:
+    """Each process's systemd unit ("-" for none) and command line."""
+    return [line.split(None, 1) for line in host.check_output("ps -eo unit=,args=").splitlines()]
 
 
 def test_vde2_and_socat_are_installed(host):
@@ -18,12 +20,21 @@ def test_vde2_and_socat_are_installed(host):
         assert host.package(package).is_installed, f"{package} is not installed"
 
 
-def test_each_daemons_switch_answers(host, inventory):
-    for group, socket in SWITCHES.items():
-        if group not in inventory["group_names"]:
+def test_each_daemons_switch_runs_in_its_unit_and_answers(host, inventory):
+    for role in ("nc", "cc"):
+        if role not in inventory["group_names"]:
             continue
-        info = host.check_output(f"printf 'showinfo\\n' | timeout 5 socat - UNIX-CONNECT:{socket}")
-        assert "VDE switch" in info, f"the {group}'s switch at {socket} does not answer"
+        for unit in units_of(role, host):
+            switches = [
+                m[1]
+                for owner, args in processes(host)
+                if owner == unit and (m := re.match(r"vde_switch .*--mgmt (\S+)", args))
+            ]
+            assert len(switches) == 1, f"{unit} runs {len(switches)} VDE switches, not one"
+            info = host.check_output(
+                f"printf 'showinfo\\n' | timeout 5 socat - UNIX-CONNECT:{switches[0]}"
+            )
+            assert "VDE switch" in info, f"{unit}'s switch at {switches[0]} does not answer"
 
 
 def test_node_waits_for_its_wire_or_has_it(host):
@@ -32,3 +43,18 @@ def test_node_waits_for_its_wire_or_has_it(host):
         for port in service["ports"]:
             sockets = host.check_output(f"ss -Htan 'sport = :{port}'").split()
             assert {"LISTEN", "ESTAB"} & set(sockets), f"{name}: no wire and none awaited on {port}"
+
+
+def test_each_wire_its_cc_dialled_is_connected(host):
+    """A wire is dialled by the CC to each node whose VLANs are in use (none while no
+    instance runs), and stays connected while they are."""
+    for unit in units_of("cc", host):
+        for owner, args in processes(host):
+            wire = re.match(r"socat .*\b(?:OPENSSL|TCP):([\d.]+):(\d+),", args)
+            if owner != unit or not wire:
+                continue
+            peer, port = wire.groups()
+            connected = host.check_output(
+                f"ss -Htn state established '( dport = :{port} and dst {peer} )'"
+            )
+            assert connected.strip(), f"{unit}'s wire to {peer}:{port} is not connected"
