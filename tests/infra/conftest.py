@@ -18,26 +18,37 @@ import pytest
 import yaml
 from cryptography import x509
 
+from filter_plugins.mallee import services_on_host, units_on_host
+
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 EXPIRY_MARGIN = datetime.timedelta(days=30)
 
 
 def services(role: str, host: Any) -> dict[str, dict[str, Any]]:
     """``<role>_services`` of roles/<role>/defaults/main.yml, for ``host``: enabled
-    entries of the host's groups, ports as numbers."""
+    entries of the host's groups (chosen as the roles choose them), ports as numbers."""
+    return services_on_host(*_resolved_services(role, host))
+
+
+def units_of(role: str, host: Any) -> list[str]:
+    """The units of the host's ``<role>_services``, each once."""
+    return units_on_host(*_resolved_services(role, host))
+
+
+def _resolved_services(role: str, host: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The role's services dict with its ``{{ var }}`` values taken from the inventory,
+    and the host's groups."""
     defaults = yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
     variables = host.ansible.get_variables()
-    chosen = {}
-    for name, service in defaults[f"{role}_services"].items():
-        enabled = _resolve(service["enabled"], variables)
-        if (
-            enabled not in (True, "True", "true")
-            or service["group"] not in variables["group_names"]
-        ):
-            continue
-        ports = [int(_resolve(port, variables)) for port in service["ports"]]
-        chosen[name] = {**service, "ports": ports}
-    return chosen
+    resolved = {
+        name: {
+            **service,
+            "enabled": _resolve(service["enabled"], variables) in (True, "True", "true"),
+            "ports": [int(_resolve(port, variables)) for port in service["ports"]],
+        }
+        for name, service in defaults[f"{role}_services"].items()
+    }
+    return resolved, variables["group_names"]
 
 
 def _resolve(value: Any, variables: dict[str, Any]) -> Any:
@@ -58,11 +69,6 @@ def check_units_running(host: Any, units: list[str]) -> None:
         unit = host.service(name)
         assert unit.is_enabled, f"{name} is not enabled"
         assert unit.is_running, f"{name} is not running"
-
-
-def units_of(role: str, host: Any) -> list[str]:
-    """The units of the host's ``<role>_services``, each once."""
-    return list(dict.fromkeys(s["unit"] for s in services(role, host).values()))
 
 
 def check_ports_listen(host: Any, role: str) -> None:
